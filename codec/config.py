@@ -1,0 +1,149 @@
+"""Typed codec configuration with named presets and a quality level.
+
+``CodecConfig.preset("fast", quality=5)`` is the usual way in. Every field is
+validated in ``__post_init__`` and a bad value raises :class:`CodecConfigError`
+naming the field and its valid range. Configs are frozen so they can be hashed,
+shipped to Ray workers and recorded in manifests (``to_dict`` / ``from_dict``).
+
+Ownership while the codec is being built: ``FitConfig`` belongs to fitting
+(``codec/fit.py``, ``codec/init.py``), ``QuantConfig`` to quantisation and
+entropy coding (``codec/quant.py``, ``codec/entropy.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+from codec.errors import CodecConfigError
+
+InitMethod = Literal["superpixel", "random"]
+QuantMode = Literal["ptq", "qat"]
+PresetName = Literal["fast", "slow"]
+
+QUALITY_MIN, QUALITY_MAX = 1, 10
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if not (lo <= value <= hi):
+        raise CodecConfigError(f"{name}={value!r} is out of range; use a value in [{lo}, {hi}]")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How Gaussians are fitted to frames."""
+
+    gaussians_per_kpx: float = 40.0  # Gaussians per 1000 pixels in an I-frame
+    init: InitMethod = "superpixel"
+    roi_share: float = 0.5  # fraction of Gaussians placed inside the region of interest, when one is given
+    iframe_iters: int = 600  # iteration cap for I-frames
+    pframe_iters: int = 120  # iteration cap for P-frames
+    target_psnr_db: float = 60.0  # stop early once the fit reaches this PSNR (60 = effectively off)
+    lr: float = 0.01  # base Adam learning rate (scaled per attribute inside fit)
+    densify: bool = False  # error-guided densification and pruning in I-frames
+    pframe_threshold: float = 6.0 / 255.0  # per-pixel residual (max over RGB, [0,1] units) that marks a pixel changed
+    pframe_max_new_frac: float = 0.05  # at most this fraction of N new Gaussians per P-frame
+
+    def __post_init__(self) -> None:
+        _check_range("gaussians_per_kpx", self.gaussians_per_kpx, 0.5, 1000.0)
+        _check_range("roi_share", self.roi_share, 0.0, 0.95)
+        _check_range("iframe_iters", self.iframe_iters, 0, 100_000)
+        _check_range("pframe_iters", self.pframe_iters, 0, 100_000)
+        _check_range("target_psnr_db", self.target_psnr_db, 10.0, 100.0)
+        _check_range("lr", self.lr, 1e-6, 1.0)
+        _check_range("pframe_threshold", self.pframe_threshold, 0.0, 1.0)
+        _check_range("pframe_max_new_frac", self.pframe_max_new_frac, 0.0, 1.0)
+        if self.init not in ("superpixel", "random"):
+            raise CodecConfigError(f"init={self.init!r} is unknown; use 'superpixel' or 'random'")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Per-attribute bit depths and the quantisation scheme."""
+
+    mode: QuantMode = "ptq"
+    xy_bits: int = 12  # position grid: 2**xy_bits steps across the larger frame side
+    chol_bits: int = 7
+    rgb_bits: int = 7
+    bits_back: bool = False  # bits-back coding of the ordering freedom (option; see entropy.py)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("ptq", "qat"):
+            raise CodecConfigError(f"mode={self.mode!r} is unknown; use 'ptq' or 'qat'")
+        _check_range("xy_bits", self.xy_bits, 6, 16)
+        _check_range("chol_bits", self.chol_bits, 2, 12)
+        _check_range("rgb_bits", self.rgb_bits, 2, 12)
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Everything that decides the bitstream, plus the seed that makes it deterministic."""
+
+    gop: int = 30  # frames per GOP (an I-frame every `gop` frames)
+    fit: FitConfig = field(default_factory=FitConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    seed: int = 0
+    backend: str = "torch"  # render backend used by the encoder (decoder always renders identically)
+
+    def __post_init__(self) -> None:
+        _check_range("gop", self.gop, 1, 10_000)
+        _check_range("seed", self.seed, 0, 2**31 - 1)
+
+    @staticmethod
+    def preset(name: PresetName = "fast", quality: int = 5, **overrides: Any) -> CodecConfig:
+        """The named preset at a quality level 1 (smallest) .. 10 (best)."""
+        if name not in ("fast", "slow"):
+            raise CodecConfigError(f"preset={name!r} is unknown; use 'fast' or 'slow'")
+        if not isinstance(quality, int) or not (QUALITY_MIN <= quality <= QUALITY_MAX):
+            raise CodecConfigError(
+                f"quality={quality!r} is out of range; use an integer in [{QUALITY_MIN}, {QUALITY_MAX}]"
+            )
+        density = 10.0 * (1.3 ** (quality - 1))  # 10 .. ~106 Gaussians per kpx
+        bits = 5 + (quality + 1) // 3  # 5 .. 8 bits for chol and colour
+        if name == "fast":
+            fit = FitConfig(gaussians_per_kpx=density, iframe_iters=400, pframe_iters=60)
+            quant = QuantConfig(mode="ptq", chol_bits=bits, rgb_bits=bits)
+        else:
+            fit = FitConfig(gaussians_per_kpx=density, iframe_iters=2000, pframe_iters=200, densify=True)
+            quant = QuantConfig(mode="qat", chol_bits=bits, rgb_bits=bits)
+        cfg = CodecConfig(fit=fit, quant=quant)
+        return cfg.with_overrides(**overrides) if overrides else cfg
+
+    def with_overrides(self, **overrides: Any) -> CodecConfig:
+        """A copy with top-level fields replaced; ``fit__x`` / ``quant__y`` reach nested fields."""
+        top: dict[str, Any] = {}
+        fit_kw: dict[str, Any] = {}
+        quant_kw: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if key.startswith("fit__"):
+                fit_kw[key[5:]] = value
+            elif key.startswith("quant__"):
+                quant_kw[key[7:]] = value
+            else:
+                top[key] = value
+        try:
+            fit = replace(self.fit, **fit_kw) if fit_kw else self.fit
+            quant = replace(self.quant, **quant_kw) if quant_kw else self.quant
+            return replace(self, fit=fit, quant=quant, **top)
+        except TypeError as exc:
+            raise CodecConfigError(f"unknown config field: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> CodecConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`CodecConfigError`."""
+        try:
+            known = {f.name for f in fields(CodecConfig)}
+            extra = set(data) - known
+            if extra:
+                raise CodecConfigError(f"unknown config fields {sorted(extra)}")
+            kw = dict(data)
+            if "fit" in kw:
+                kw["fit"] = FitConfig(**kw["fit"])
+            if "quant" in kw:
+                kw["quant"] = QuantConfig(**kw["quant"])
+            return CodecConfig(**kw)
+        except TypeError as exc:
+            raise CodecConfigError(f"bad config: {exc}") from exc

@@ -1,0 +1,165 @@
+"""SQLAlchemy 2 typed models: the whole persistent state of the service.
+
+Postgres only (JSONB, UUID, SKIP LOCKED). Schema changes go through Alembic
+migrations in ``infra/migrations``; never ``create_all`` outside tests of this file.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobStatus(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+
+TERMINAL_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+
+
+class JobPhase(str, enum.Enum):
+    probing = "probing"
+    encoding = "encoding"
+    assembling = "assembling"
+    verifying = "verifying"
+    uploading = "uploading"
+
+
+def _now() -> Any:
+    return func.now()
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class ApiKey(Base):
+    """An API key, stored as sha256 of the secret; ``prefix`` is the public part used to look it up."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    source: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)  # the request that made it
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class Schedule(Base):
+    """A cron schedule that turns new objects under ``input_prefix`` into jobs."""
+
+    __tablename__ = "schedules"
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    cron: Mapped[str] = mapped_column(String(200))
+    input_prefix: Mapped[str] = mapped_column(Text)
+    job_template: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency"),
+        Index("ix_jobs_claim", "status", "priority", "created_at"),
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"), index=True)
+    schedule_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("schedules.id", ondelete="SET NULL"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+
+    # what to do
+    input_uri: Mapped[str] = mapped_column(Text)  # storage key (uploads), s3://bucket/key, or file:///abs/path
+    preset: Mapped[str] = mapped_column(String(20), default="fast")
+    quality: Mapped[int] = mapped_column(Integer, default=5)
+    gop: Mapped[int] = mapped_column(Integer, default=30)
+    enhance: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_frames: Mapped[int | None] = mapped_column(Integer)
+    priority: Mapped[int] = mapped_column(Integer, default=0)  # -50 .. 50, higher first
+    output_prefix: Mapped[str] = mapped_column(Text)  # storage key prefix, built from ids
+    user_metadata: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    callback_url: Mapped[str | None] = mapped_column(Text)
+
+    # state
+    status: Mapped[JobStatus] = mapped_column(Enum(JobStatus, name="job_status"), default=JobStatus.queued)
+    phase: Mapped[JobPhase | None] = mapped_column(Enum(JobPhase, name="job_phase"))
+    gops_total: Mapped[int | None] = mapped_column(Integer)
+    gops_done: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)  # name -> storage key
+    report: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    callback_status: Mapped[str | None] = mapped_column(String(32))  # pending|delivered|gave_up
+
+    # lease
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=_now(), onupdate=_now()
+    )
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobGop(Base):
+    """One GOP of a job: written when its payload is safely in storage (resume skips these)."""
+
+    __tablename__ = "job_gops"
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    gop_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    first_frame: Mapped[int] = mapped_column(Integer)
+    n_frames: Mapped[int] = mapped_column(Integer)
+    payload_key: Mapped[str] = mapped_column(Text)
+    payload_bytes: Mapped[int] = mapped_column(BigInteger)
+    psnr_db: Mapped[float | None] = mapped_column(Float)
+    encode_seconds: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
