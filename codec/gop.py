@@ -1,0 +1,213 @@
+"""Encode and decode one GOP: an I-frame followed by closed-loop P-frames.
+
+The encoder keeps exactly the state the decoder will have: after every frame
+it dequantises what it transmitted and renders that, and the next P-frame is
+fitted against this *decoded* reference (closed loop, unlike GSVC's open loop).
+Decoder output therefore equals the encoder's reconstruction bit for bit,
+which ``encode_gop_report`` returns so callers never need to decode to measure.
+
+A GOP depends on nothing outside its payload, so GOPs can be encoded anywhere
+(Ray workers), in any order, and decoded from any GOP.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from codec.bitstream import FrameKind, GopHeader, pack_gop, unpack_gop
+from codec.config import CodecConfig
+from codec.entropy import canonical_order, decode_inter, decode_intra, encode_inter, encode_intra
+from codec.errors import BitstreamError, CodecConfigError
+from codec.fit import fit_iframe, fit_pframe
+from codec.gaussians import Gaussians
+from codec.init import random_init, superpixel_init
+from codec.metrics import psnr_db
+from codec.quant import QGaussians, QuantGrid, dequantize, fake_quantize, make_grid, quantize
+from codec.render import RenderBackend, get_backend
+
+MAX_SIDE_PX = 8192  # largest frame side the codec accepts
+MAX_GOP_FRAMES = 10_000
+MAX_DECODE_BYTES = 8 * 1024**3  # a GOP that would decode to more raw RGB than this is refused
+QAT_FINETUNE_FRACTION = 0.25  # quantisation-aware fine-tuning iterations, as a share of iframe_iters
+DECODE_BACKEND = "torch"  # the decoder always renders with the reference backend
+
+
+@dataclass
+class FrameStats:
+    """What one coded frame cost and achieved."""
+
+    index: int
+    kind: str  # "I" or "P"
+    n_bytes: int
+    psnr_db: float
+    n_gaussians: int
+    n_updated: int  # Gaussians whose quantised values changed (all of them for I-frames)
+    n_added: int
+    iters: int
+    encode_seconds: float
+
+
+@dataclass
+class GopEncodeResult:
+    payload: bytes
+    recon: np.ndarray  # uint8 [T, H, W, 3], identical to decode_gop(payload)
+    frames: list[FrameStats] = field(default_factory=list)
+
+    def stats_dicts(self) -> list[dict[str, object]]:
+        return [asdict(f) for f in self.frames]
+
+
+ProgressFn = Callable[[int, int], None]  # (frames done, frames total)
+
+
+def to_float(frame_u8: np.ndarray) -> Tensor:
+    """uint8 [H, W, 3] -> float32 [H, W, 3] in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frame_u8)).to(torch.float32) / 255.0
+
+
+def to_u8(image: Tensor) -> np.ndarray:
+    """float32 [H, W, 3] (any range) -> uint8 [H, W, 3], rounding to nearest."""
+    return (image.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
+
+
+def check_frames(frames: np.ndarray) -> tuple[int, int, int]:
+    """Validate a GOP's frames; returns (T, H, W)."""
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
+        raise CodecConfigError("frames must be a numpy uint8 array of shape [T, H, W, 3]")
+    if frames.ndim != 4 or frames.shape[3] != 3:
+        raise CodecConfigError(f"frames must have shape [T, H, W, 3]; got {frames.shape}")
+    t, h, w, _ = frames.shape
+    if t < 1 or t > MAX_GOP_FRAMES:
+        raise CodecConfigError(f"a GOP needs 1..{MAX_GOP_FRAMES} frames; got {t}")
+    if not (1 <= h <= MAX_SIDE_PX and 1 <= w <= MAX_SIDE_PX):
+        raise CodecConfigError(f"frame size {w}x{h} is out of range; each side must be 1..{MAX_SIDE_PX} px")
+    return t, h, w
+
+
+def gaussian_count(cfg: CodecConfig, height: int, width: int) -> int:
+    """I-frame Gaussian count for a frame size at this config's density."""
+    return max(1, round(cfg.fit.gaussians_per_kpx * height * width / 1000.0))
+
+
+def _initialise(frame: Tensor, n: int, cfg: CodecConfig, roi_mask: Tensor | None, gen: torch.Generator) -> Gaussians:
+    h, w, _ = frame.shape
+    if cfg.fit.init == "random":
+        return random_init(h, w, n, generator=gen)
+    return superpixel_init(frame, n, roi_mask=roi_mask, roi_share=cfg.fit.roi_share, generator=gen)
+
+
+def _code_iframe(
+    frame: Tensor, cfg: CodecConfig, backend: RenderBackend, roi_mask: Tensor | None, gen: torch.Generator
+) -> tuple[QGaussians, QuantGrid, bytes, int]:
+    """Fit, quantise and entropy-code an I-frame; returns (state in canonical order, grid, bytes, iters)."""
+    h, w, _ = frame.shape
+    init = _initialise(frame, gaussian_count(cfg, h, w), cfg, roi_mask, gen)
+    fitted = fit_iframe(frame, init, cfg.fit, backend, generator=gen)
+    g, iters = fitted.gaussians.detach(), fitted.iters
+    grid = make_grid(g, h, w, cfg.quant)
+    if cfg.quant.mode == "qat":
+        finetune_iters = max(1, int(cfg.fit.iframe_iters * QAT_FINETUNE_FRACTION))
+        finetune = replace(cfg.fit, iframe_iters=finetune_iters, densify=False)
+        tuned = fit_iframe(frame, g, finetune, backend, fake_quant=lambda x: fake_quantize(x, grid), generator=gen)
+        g, iters = tuned.gaussians.detach(), iters + tuned.iters
+    q = quantize(g, grid)
+    q = q.index(canonical_order(q))
+    return q, grid, encode_intra(q, grid), iters
+
+
+def encode_gop_report(
+    frames: np.ndarray,
+    config: CodecConfig,
+    *,
+    roi_mask: np.ndarray | None = None,
+    progress: ProgressFn | None = None,
+) -> GopEncodeResult:
+    """Encode ``frames`` (uint8 [T, H, W, 3]) as one GOP; also return the reconstruction and per-frame stats.
+
+    ``roi_mask`` (bool [H, W]) gives the region of interest a larger share of the I-frame's Gaussians.
+    Deterministic for the same frames, config and ``config.seed``.
+    """
+    t_count, h, w = check_frames(frames)
+    if roi_mask is not None and roi_mask.shape != (h, w):
+        raise CodecConfigError(f"roi_mask must have shape {(h, w)}; got {roi_mask.shape}")
+    backend = get_backend(config.backend)  # fitting
+    renderer = get_backend(DECODE_BACKEND)  # reconstruction, exactly as the decoder renders
+    gen = torch.Generator().manual_seed(config.seed)
+    roi = torch.from_numpy(roi_mask.astype(bool)) if roi_mask is not None else None
+    fake_quant = None
+
+    coded: list[tuple[FrameKind, bytes]] = []
+    stats: list[FrameStats] = []
+    recon = np.empty_like(frames)
+
+    start = time.perf_counter()
+    frame = to_float(frames[0])
+    q_state, grid, data, iters = _code_iframe(frame, config, backend, roi, gen)
+    if config.quant.mode == "qat":
+        fake_quant = lambda g: fake_quantize(g, grid)  # noqa: E731
+    ref = dequantize(q_state, grid)
+    ref_img = renderer.render_nograd(ref, h, w)
+    recon[0] = to_u8(ref_img)
+    coded.append((FrameKind.I, data))
+    stats.append(FrameStats(0, "I", len(data), psnr_db(frames[0], recon[0]), len(q_state), len(q_state), len(q_state), iters, time.perf_counter() - start))
+    if progress:
+        progress(1, t_count)
+
+    for t in range(1, t_count):
+        start = time.perf_counter()
+        frame = to_float(frames[t])
+        res = fit_pframe(ref, ref_img, frame, config.fit, backend, fake_quant=fake_quant, generator=gen)
+        n_ref = len(q_state)
+        q_all = quantize(res.gaussians.detach(), grid)
+        old_rows = q_all.index(torch.arange(n_ref))
+        changed_idx = torch.nonzero(~old_rows.equal_rows(q_state)).flatten()
+        added = q_all.index(torch.arange(n_ref, len(q_all)))
+        data = encode_inter(q_state, changed_idx, old_rows.index(changed_idx), added, grid)
+        q_state = q_all  # unchanged rows are equal by construction: this is what the decoder rebuilds
+        ref = dequantize(q_state, grid)
+        ref_img = renderer.render_nograd(ref, h, w)
+        recon[t] = to_u8(ref_img)
+        coded.append((FrameKind.P, data))
+        stats.append(
+            FrameStats(t, "P", len(data), psnr_db(frames[t], recon[t]), len(q_state), int(changed_idx.numel()), len(added), res.iters, time.perf_counter() - start)
+        )
+        if progress:
+            progress(t + 1, t_count)
+
+    payload = pack_gop(GopHeader(height=h, width=w, n_frames=t_count, grid=grid), coded)
+    return GopEncodeResult(payload=payload, recon=recon, frames=stats)
+
+
+def encode_gop(frames: np.ndarray, config: CodecConfig, *, roi_mask: np.ndarray | None = None) -> bytes:
+    """Encode ``frames`` (uint8 [T, H, W, 3]) into one independently decodable GOP payload."""
+    return encode_gop_report(frames, config, roi_mask=roi_mask).payload
+
+
+def decode_gop(payload: bytes) -> np.ndarray:
+    """Decode a GOP payload to uint8 [T, H, W, 3]; any malformed payload raises BitstreamError."""
+    header, coded = unpack_gop(payload)
+    h, w, t_count = header.height, header.width, header.n_frames
+    if not (1 <= h <= MAX_SIDE_PX and 1 <= w <= MAX_SIDE_PX) or not (1 <= t_count <= MAX_GOP_FRAMES):
+        raise BitstreamError(f"GOP header claims {t_count} frames of {w}x{h}, outside the codec's limits")
+    if t_count * h * w * 3 > MAX_DECODE_BYTES:
+        raise BitstreamError(f"GOP would decode to {t_count * h * w * 3} bytes, over the {MAX_DECODE_BYTES} limit")
+    if len(coded) != t_count:
+        raise BitstreamError(f"GOP header says {t_count} frames but the payload holds {len(coded)}")
+    backend = get_backend(DECODE_BACKEND)
+    out = np.empty((t_count, h, w, 3), dtype=np.uint8)
+    state: QGaussians | None = None
+    for t, (kind, data) in enumerate(coded):
+        if kind == FrameKind.I:
+            state = decode_intra(data, header.grid)
+        elif state is None:
+            raise BitstreamError("GOP starts with a P-frame; the first frame must be an I-frame")
+        else:
+            state = decode_inter(data, state, header.grid)
+        out[t] = to_u8(backend.render_nograd(dequantize(state, header.grid), h, w))
+    return out
