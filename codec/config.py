@@ -18,6 +18,7 @@ from typing import Any, Literal
 from codec.errors import CodecConfigError
 
 InitMethod = Literal["superpixel", "random"]
+LrSchedule = Literal["plateau", "cosine"]
 QuantMode = Literal["ptq", "qat"]
 PresetName = Literal["fast", "slow"]
 
@@ -39,10 +40,24 @@ class FitConfig:
     iframe_iters: int = 600  # iteration cap for I-frames
     pframe_iters: int = 120  # iteration cap for P-frames
     target_psnr_db: float = 60.0  # stop early once the fit reaches this PSNR (60 = effectively off)
-    lr: float = 0.01  # base Adam learning rate (scaled per attribute inside fit)
+    lr: float = 0.02  # base Adam learning rate (scaled per attribute inside fit)
     densify: bool = False  # error-guided densification and pruning in I-frames
     pframe_threshold: float = 6.0 / 255.0  # per-pixel residual (max over RGB, [0,1] units) that marks a pixel changed
     pframe_max_new_frac: float = 0.05  # at most this fraction of N new Gaussians per P-frame
+    # Per-attribute Adam step sizes are lr * mult: xy and chol in pixels, rgb in [0,1] colour units.
+    lr_xy_mult: float = 10.0
+    lr_chol_mult: float = 5.0
+    lr_rgb_mult: float = 1.0
+    lr_schedule: LrSchedule = "plateau"  # "plateau": decay when the loss stalls; "cosine": over the iteration cap
+    lr_warmup_iters: int = 0  # linear warm-up from 10% of the rate (0 = none)
+    lr_min_frac: float = 0.05  # the schedule never goes below lr * lr_min_frac
+    lr_patience: int = 40  # plateau: iterations without a 0.1% loss improvement before decaying
+    lr_decay: float = 0.5  # plateau: factor applied at each decay
+    ssim_weight: float = 0.0  # loss = (1 - w) * MSE + w * (1 - SSIM); 0 = plain L2 (fastest)
+    densify_every: int = 100  # I-frame densification period (iterations), when densify is on
+    densify_until_frac: float = 0.6  # densify only during this leading share of iframe_iters
+    prune_rgb_eps: float = 2.0 / 255.0  # densify: Gaussians whose largest |rgb| is below this are pruned
+    pframe_min_changed_frac: float = 0.001  # P-frames with fewer changed pixels than this share are static
 
     def __post_init__(self) -> None:
         _check_range("gaussians_per_kpx", self.gaussians_per_kpx, 0.5, 1000.0)
@@ -53,6 +68,20 @@ class FitConfig:
         _check_range("lr", self.lr, 1e-6, 1.0)
         _check_range("pframe_threshold", self.pframe_threshold, 0.0, 1.0)
         _check_range("pframe_max_new_frac", self.pframe_max_new_frac, 0.0, 1.0)
+        _check_range("lr_xy_mult", self.lr_xy_mult, 0.0, 1000.0)
+        _check_range("lr_chol_mult", self.lr_chol_mult, 0.0, 1000.0)
+        _check_range("lr_rgb_mult", self.lr_rgb_mult, 0.0, 1000.0)
+        _check_range("lr_warmup_iters", self.lr_warmup_iters, 0, 100_000)
+        _check_range("lr_min_frac", self.lr_min_frac, 0.0, 1.0)
+        _check_range("lr_patience", self.lr_patience, 1, 100_000)
+        _check_range("lr_decay", self.lr_decay, 0.01, 1.0)
+        _check_range("ssim_weight", self.ssim_weight, 0.0, 1.0)
+        _check_range("densify_every", self.densify_every, 1, 100_000)
+        _check_range("densify_until_frac", self.densify_until_frac, 0.0, 1.0)
+        _check_range("prune_rgb_eps", self.prune_rgb_eps, 0.0, 1.0)
+        _check_range("pframe_min_changed_frac", self.pframe_min_changed_frac, 0.0, 1.0)
+        if self.lr_schedule not in ("plateau", "cosine"):
+            raise CodecConfigError(f"lr_schedule={self.lr_schedule!r} is unknown; use 'plateau' or 'cosine'")
         if self.init not in ("superpixel", "random"):
             raise CodecConfigError(f"init={self.init!r} is unknown; use 'superpixel' or 'random'")
 
@@ -66,6 +95,8 @@ class QuantConfig:
     chol_bits: int = 7
     rgb_bits: int = 7
     bits_back: bool = False  # bits-back coding of the ordering freedom (option; see entropy.py)
+    xy_margin: float = 0.125  # position grid spans this share of the larger side past each edge
+    range_quantile: float = 0.001  # chol/rgb ranges: this quantile .. 1 - it (robust)
 
     def __post_init__(self) -> None:
         if self.mode not in ("ptq", "qat"):
@@ -73,6 +104,14 @@ class QuantConfig:
         _check_range("xy_bits", self.xy_bits, 6, 16)
         _check_range("chol_bits", self.chol_bits, 2, 12)
         _check_range("rgb_bits", self.rgb_bits, 2, 12)
+        _check_range("xy_margin", self.xy_margin, 0.0, 1.0)
+        _check_range("range_quantile", self.range_quantile, 0.0, 0.25)
+        if self.bits_back:
+            raise CodecConfigError(
+                "bits_back=True is not supported: the intra coder already sends each frame's Gaussians "
+                "as a sorted set (Morton gap coding), which recovers the log2(N!) ordering freedom that "
+                "bits-back coding would (see codec.entropy.ordering_freedom_bits); use bits_back=False"
+            )
 
 
 @dataclass(frozen=True)

@@ -168,8 +168,9 @@ def encode_gop_report(
         old_rows = q_all.index(torch.arange(n_ref))
         changed_idx = torch.nonzero(~old_rows.equal_rows(q_state)).flatten()
         added = q_all.index(torch.arange(n_ref, len(q_all)))
+        added = added.index(canonical_order(added))  # added rows travel in Morton order, like intra
         data = encode_inter(q_state, changed_idx, old_rows.index(changed_idx), added, grid)
-        q_state = q_all  # unchanged rows are equal by construction: this is what the decoder rebuilds
+        q_state = QGaussians.cat([old_rows, added])  # exactly what the decoder rebuilds
         ref = dequantize(q_state, grid)
         ref_img = renderer.render_nograd(ref, h, w)
         recon[t] = to_u8(ref_img)

@@ -77,9 +77,14 @@ class ApiKey(Base):
 
 class Batch(Base):
     __tablename__ = "batches"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_batches_tenant_idempotency"),
+    )
+    __mapper_args__ = {"eager_defaults": True}
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     source: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)  # the request that made it
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
@@ -87,6 +92,7 @@ class Schedule(Base):
     """A cron schedule that turns new objects under ``input_prefix`` into jobs."""
 
     __tablename__ = "schedules"
+    __mapper_args__ = {"eager_defaults": True}
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     cron: Mapped[str] = mapped_column(String(200))
@@ -104,6 +110,8 @@ class Job(Base):
         Index("ix_jobs_claim", "status", "priority", "created_at"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
     )
+    # fetch server-side defaults (created_at, updated_at) with RETURNING on insert/update
+    __mapper_args__ = {"eager_defaults": True}
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -120,6 +128,8 @@ class Job(Base):
     max_frames: Mapped[int | None] = mapped_column(Integer)
     priority: Mapped[int] = mapped_column(Integer, default=0)  # -50 .. 50, higher first
     output_prefix: Mapped[str] = mapped_column(Text)  # storage key prefix, built from ids
+    # the user's "output_prefix": a label only, never a storage path
+    output_label: Mapped[str | None] = mapped_column(String(200))
     user_metadata: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     callback_url: Mapped[str | None] = mapped_column(Text)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     gop_num_cpus: float = 1.0
     gop_num_gpus: float = 0.0  # fractional values share one GPU between GOP tasks
     gop_max_retries: int = 3
+    ray_num_cpus: int | None = None  # local cluster only; default os.cpu_count() capped at 8
+    ray_object_store_bytes: int | None = None  # local cluster only; default Ray's (30% of RAM)
+    gops_in_flight: int = 0  # GOP tasks (and their frames) in flight per job; 0 = 2 x cluster CPUs
+
+    # codec: CodecConfig.with_overrides(**codec_overrides) applied after the job's preset/quality/gop
+    # (e.g. {"fit__iframe_iters": 20} for tests and smoke runs); JSON in SPLATPACK_CODEC_OVERRIDES
+    codec_overrides: dict[str, Any] = Field(default_factory=dict)
+    # tests and chaos drills only: marker files here make GOP tasks fail once (workers/gops.py)
+    fault_dir: Path | None = None
 
     # API
     api_host: str = "127.0.0.1"
@@ -45,6 +54,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
     max_request_json_bytes: int = 1024 * 1024
     allowed_input_roots: list[Path] = Field(default_factory=list)  # file-path inputs must be under one
+    # s3:// inputs outside s3_bucket must name one of these buckets (empty: none allowed)
+    allowed_input_buckets: list[str] = Field(default_factory=list)
+    max_user_metadata_bytes: int = 16 * 1024  # JSON-encoded size of a job's user metadata
+    max_batch_inputs: int = 1000  # jobs one batch (or one schedule run) may create
+    auto_migrate: bool = True  # the API runs Alembic migrations at startup
+    scheduler_interval_seconds: float = 30.0  # how often the API runs due schedules; 0 = never
 
     # input limits (checked when probing)
     max_input_frames: int = 100_000

@@ -1,0 +1,158 @@
+"""GOP payload framing: a small header (size, frame count, quantisation grid) and the frame records.
+
+Layout (all integers little-endian; ``varint`` is canonical unsigned LEB128, at most 5 bytes):
+
+    magic   4 bytes  b"SPGP"
+    version u8       GOP_FORMAT_VERSION (1)
+    flags   u8       free for the GOP coder (codec/gop.py); carried unchanged
+    height  varint   1 .. 65535
+    width   varint   1 .. 65535
+    n_frames varint  1 .. 10000
+    grid    59 bytes QuantGrid.to_bytes()
+    n_frames x frame record:
+        kind   u8     0 = I, 1 = P (the first must be I)
+        length varint bytes of data, at most what is left of the payload
+        data   length bytes (codec.entropy intra / inter record)
+
+Nothing may follow the last frame. See docs/FORMAT.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from codec.errors import BitstreamError
+from codec.quant import GRID_NBYTES, QuantGrid
+
+GOP_MAGIC = b"SPGP"
+GOP_FORMAT_VERSION = 1
+MAX_SIDE = 65535
+MAX_GOP_FRAMES = 10_000
+
+
+class FrameKind(IntEnum):
+    """How a frame record is coded: I (intra, self-contained) or P (update of the previous frame)."""
+
+    I = 0  # noqa: E741
+    P = 1
+
+
+@dataclass(frozen=True)
+class GopHeader:
+    """What a decoder needs before the first frame record."""
+
+    height: int
+    width: int
+    n_frames: int
+    grid: QuantGrid
+    flags: int = 0  # u8, meaning defined by the GOP coder
+    version: int = GOP_FORMAT_VERSION
+
+    def problem(self) -> str | None:
+        """What is wrong with this header, or None."""
+        for name, value, hi in (
+            ("height", self.height, MAX_SIDE),
+            ("width", self.width, MAX_SIDE),
+            ("n_frames", self.n_frames, MAX_GOP_FRAMES),
+        ):
+            if not isinstance(value, int) or not 1 <= value <= hi:
+                return f"{name}={value!r} outside [1, {hi}]"
+        if not isinstance(self.flags, int) or not 0 <= self.flags <= 255:
+            return f"flags={self.flags!r} outside [0, 255]"
+        if self.version != GOP_FORMAT_VERSION:
+            return f"unsupported GOP format version {self.version} (this decoder reads {GOP_FORMAT_VERSION})"
+        return None
+
+
+def write_varint(n: int) -> bytes:
+    """Canonical unsigned LEB128 of ``0 <= n < 2**35``."""
+    if not 0 <= n < 1 << 35:
+        raise ValueError(f"varint value {n} outside [0, 2**35)")
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def read_varint(data: bytes | memoryview, pos: int, what: str) -> tuple[int, int]:
+    """(value, next position) of a canonical varint (at most 5 bytes) at ``pos``."""
+    value = 0
+    for i in range(5):
+        if pos + i >= len(data):
+            raise BitstreamError(f"{what}: truncated varint at byte {pos}")
+        byte = data[pos + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            if byte == 0 and i > 0:
+                raise BitstreamError(f"{what}: non-canonical varint at byte {pos}")
+            return value, pos + i + 1
+    raise BitstreamError(f"{what}: varint longer than 5 bytes at byte {pos}")
+
+
+def pack_gop(header: GopHeader, frames: list[tuple[FrameKind, bytes]]) -> bytes:
+    """The GOP payload; raises ValueError on a bad header or frame list."""
+    problem = header.problem()
+    if problem:
+        raise ValueError(f"pack_gop: {problem}")
+    if len(frames) != header.n_frames:
+        raise ValueError(f"pack_gop: header says {header.n_frames} frames, got {len(frames)}")
+    if FrameKind(frames[0][0]) != FrameKind.I:
+        raise ValueError("pack_gop: the first frame of a GOP must be an I-frame")
+    out = bytearray(GOP_MAGIC)
+    out += bytes([header.version, header.flags])
+    out += write_varint(header.height) + write_varint(header.width) + write_varint(header.n_frames)
+    out += header.grid.to_bytes()
+    for kind, data in frames:
+        out.append(int(FrameKind(kind)))
+        out += write_varint(len(data))
+        out += data
+    return bytes(out)
+
+
+def unpack_gop(payload: bytes) -> tuple[GopHeader, list[tuple[FrameKind, bytes]]]:
+    """Inverse of :func:`pack_gop`; anything malformed raises BitstreamError."""
+    what = "GOP payload"
+    data = bytes(payload)
+    if len(data) < 6:
+        raise BitstreamError(f"{what}: {len(data)} bytes is too short for a header")
+    if data[:4] != GOP_MAGIC:
+        raise BitstreamError(f"{what}: bad magic {data[:4]!r} at byte 0 (expected {GOP_MAGIC!r})")
+    version, flags = data[4], data[5]
+    if version != GOP_FORMAT_VERSION:
+        raise BitstreamError(f"{what}: unsupported version {version} at byte 4")
+    pos = 6
+    height, pos = read_varint(data, pos, what)
+    width, pos = read_varint(data, pos, what)
+    n_frames, pos = read_varint(data, pos, what)
+    if pos + GRID_NBYTES > len(data):
+        raise BitstreamError(f"{what}: truncated quant grid at byte {pos}")
+    grid = QuantGrid.from_bytes(data[pos : pos + GRID_NBYTES])
+    pos += GRID_NBYTES
+    header = GopHeader(height, width, n_frames, grid, flags, version)
+    problem = header.problem()
+    if problem:
+        raise BitstreamError(f"{what}: {problem}")
+    frames: list[tuple[FrameKind, bytes]] = []
+    for i in range(n_frames):
+        if pos >= len(data):
+            raise BitstreamError(f"{what}: frame {i} of {n_frames} missing at byte {pos}")
+        kind_byte = data[pos]
+        if kind_byte not in (FrameKind.I, FrameKind.P):
+            raise BitstreamError(f"{what}: frame {i} has unknown kind {kind_byte} at byte {pos}")
+        if i == 0 and kind_byte != FrameKind.I:
+            raise BitstreamError(f"{what}: the first frame is not an I-frame (byte {pos})")
+        length, pos = read_varint(data, pos + 1, what)
+        if length > len(data) - pos:
+            raise BitstreamError(
+                f"{what}: frame {i} claims {length} bytes at byte {pos}, only {len(data) - pos} left"
+            )
+        frames.append((FrameKind(kind_byte), data[pos : pos + length]))
+        pos += length
+    if pos != len(data):
+        raise BitstreamError(
+            f"{what}: {len(data) - pos} unexpected bytes after the last frame at byte {pos}"
+        )
+    return header, frames

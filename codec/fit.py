@@ -1,0 +1,447 @@
+"""Fitting Gaussians to frames: I-frames from an initialisation, P-frames from the decoded reference.
+
+Both run Adam on the Gaussian attributes with per-attribute step sizes
+(``FitConfig.lr * lr_*_mult``; positions and Cholesky factors in pixels,
+colours in [0, 1] units) and a learning-rate schedule (linear warm-up, then
+decay on a loss plateau or a cosine over the iteration cap). The forward pass
+renders ``Gaussians.clamped()`` so Sigma stays positive definite, and after each
+step the parameters are projected back (Cholesky diagonal >= MIN_CHOL_DIAG,
+centres inside the frame). With ``fake_quant`` the forward renders
+``fake_quant(g)`` (straight-through quantisation-aware fitting) and every
+reported PSNR is that of the fake-quantised rendering.
+
+P-frames follow seed 002 section 3.2C in closed loop: only Gaussians whose 3-sigma
+ellipse covers a changed pixel are optimised (the rest are bit-identical to the
+reference), and where the residual stays large new Gaussians are seeded from it.
+
+PSNR is measured as in MEASURING.md: the rendering clamped to [0, 1] and rounded
+to 8 bits, against the frame. Everything is deterministic for a given generator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from codec.config import FitConfig
+from codec.errors import CodecConfigError
+from codec.gaussians import MIN_CHOL_DIAG, Gaussians
+from codec.render.base import RenderBackend
+
+FakeQuant = Callable[[Gaussians], Gaussians]
+
+PLATEAU_REL_TOL = 1e-3  # a loss counts as improved when it is this much below the best so far
+NEW_SIGMA_MIN_PX, NEW_SIGMA_MAX_PX = 0.7, 6.0  # size range of Gaussians seeded from a residual
+SSIM_WINDOW, SSIM_SIGMA = 7, 1.5
+SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
+
+
+@dataclass
+class FitResult:
+    """An I-frame fit: the Gaussians, optimiser steps taken, PSNR (dB) reached."""
+
+    gaussians: Gaussians  # detached, Cholesky diagonal >= MIN_CHOL_DIAG
+    iters: int
+    psnr_db: float
+    history: list[float] = field(default_factory=list)  # PSNR before each step, then after the last
+
+
+@dataclass
+class PFrameResult:
+    """A P-frame fit: reference rows (updated where touched) followed by ``n_added`` new rows."""
+
+    gaussians: Gaussians
+    touched_idx: Tensor  # int64 [K] sorted: rows of the reference that were optimised
+    n_added: int
+    iters: int
+    psnr_db: float
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_frame(frame: Tensor) -> tuple[Tensor, int, int]:
+    if not isinstance(frame, Tensor) or frame.ndim != 3 or frame.shape[2] != 3:
+        shape = tuple(frame.shape) if isinstance(frame, Tensor) else type(frame).__name__
+        raise CodecConfigError(f"frame must be a float tensor [H, W, 3]; got {shape}")
+    return frame.to(torch.float32), int(frame.shape[0]), int(frame.shape[1])
+
+
+def psnr_of(image: Tensor, target: Tensor) -> float:
+    """PSNR (dB) of a rendering (any range) against a [0, 1] frame, on 8-bit values."""
+    with torch.no_grad():
+        a = (image.clamp(0.0, 1.0) * 255.0).round()
+        mse = float((a - target * 255.0).square().mean())
+    return 10.0 * math.log10(255.0**2 / mse) if mse > 0 else float("inf")
+
+
+def _gauss_window(device: torch.device) -> Tensor:
+    r = torch.arange(SSIM_WINDOW, dtype=torch.float32, device=device) - (SSIM_WINDOW - 1) / 2
+    k = torch.exp(-0.5 * (r / SSIM_SIGMA) ** 2)
+    return k / k.sum()
+
+
+def _ssim(img: Tensor, target: Tensor) -> Tensor:
+    """Mean SSIM of [H, W, 3] images (Gaussian window, separable, 'valid' borders)."""
+    k = _gauss_window(img.device)
+    kx = k.view(1, 1, 1, -1).expand(3, 1, 1, -1)
+    ky = k.view(1, 1, -1, 1).expand(3, 1, -1, 1)
+
+    def blur(x: Tensor) -> Tensor:
+        return F.conv2d(F.conv2d(x, kx, groups=3), ky, groups=3)
+
+    x = img.permute(2, 0, 1)[None]
+    y = target.permute(2, 0, 1)[None]
+    mx, my = blur(x), blur(y)
+    vx = blur(x * x) - mx * mx
+    vy = blur(y * y) - my * my
+    cxy = blur(x * y) - mx * my
+    s = ((2 * mx * my + SSIM_C1) * (2 * cxy + SSIM_C2)) / (
+        (mx * mx + my * my + SSIM_C1) * (vx + vy + SSIM_C2)
+    )
+    return s.mean()
+
+
+def _loss(img: Tensor, target: Tensor, ssim_weight: float) -> Tensor:
+    mse = (img - target).square().mean()
+    if ssim_weight <= 0.0 or min(img.shape[0], img.shape[1]) < SSIM_WINDOW:
+        return mse
+    return (1.0 - ssim_weight) * mse + ssim_weight * (1.0 - _ssim(img, target))
+
+
+def changed_mask(a: Tensor, b: Tensor, threshold: float) -> Tensor:
+    """Pixels (bool [H, W]) where max-over-RGB |a - b| > threshold, with isolated pixels
+    (fewer than two changed 8-neighbours) removed and the rest dilated by one pixel."""
+    with torch.no_grad():
+        d = ((a - b).abs().amax(dim=2) > threshold).to(torch.float32)[None, None]
+        ones = torch.ones(1, 1, 3, 3, device=d.device)
+        neighbours = F.conv2d(d, ones, padding=1) - d
+        kept = d * (neighbours >= 2).to(torch.float32)
+        return (F.max_pool2d(kept, 3, stride=1, padding=1)[0, 0] > 0).to(torch.bool)
+
+
+class _Schedule:
+    """Learning-rate factor per iteration: warm-up, then plateau decay or cosine."""
+
+    def __init__(self, cfg: FitConfig, horizon: int) -> None:
+        self.cfg = cfg
+        self.horizon = max(1, horizon)
+        self.scale = 1.0
+        self.best = math.inf
+        self.since = 0
+
+    def factor(self, it: int, loss: float) -> float:
+        c = self.cfg
+        warm = min(1.0, 0.1 + 0.9 * it / c.lr_warmup_iters) if c.lr_warmup_iters > 0 else 1.0
+        if c.lr_schedule == "cosine":
+            t = min(1.0, it / self.horizon)
+            return warm * (
+                c.lr_min_frac + (1.0 - c.lr_min_frac) * 0.5 * (1.0 + math.cos(math.pi * t))
+            )
+        if loss < self.best * (1.0 - PLATEAU_REL_TOL):
+            self.best, self.since = loss, 0
+        else:
+            self.since += 1
+            if self.since >= c.lr_patience and it >= c.lr_warmup_iters:
+                self.scale = max(c.lr_min_frac, self.scale * c.lr_decay)
+                self.since = 0
+        return warm * self.scale
+
+
+class _RowOptimizer:
+    """Adam over a block of Gaussian rows with per-attribute learning rates."""
+
+    def __init__(self, rows: Gaussians, cfg: FitConfig) -> None:
+        self.base_lrs = [
+            cfg.lr * cfg.lr_xy_mult,
+            cfg.lr * cfg.lr_chol_mult,
+            cfg.lr * cfg.lr_rgb_mult,
+        ]
+        self._make(rows)
+
+    def _make(self, rows: Gaussians) -> None:
+        self.xy = rows.xy_px.detach().clone().to(torch.float32).requires_grad_(True)
+        self.chol = rows.chol.detach().clone().to(torch.float32).requires_grad_(True)
+        self.rgb = rows.rgb.detach().clone().to(torch.float32).requires_grad_(True)
+        self.opt = torch.optim.Adam(
+            [{"params": [p], "lr": lr} for p, lr in zip(self.params, self.base_lrs, strict=True)],
+            betas=(0.9, 0.999),
+            eps=1e-8,
+        )
+
+    @property
+    def params(self) -> list[Tensor]:
+        return [self.xy, self.chol, self.rgb]
+
+    def __len__(self) -> int:
+        return int(self.xy.shape[0])
+
+    def rows(self) -> Gaussians:
+        return Gaussians(self.xy, self.chol, self.rgb)
+
+    def snapshot(self) -> Gaussians:
+        return Gaussians(
+            self.xy.detach().clone(), self.chol.detach().clone(), self.rgb.detach().clone()
+        )
+
+    def step(self, loss: Tensor, lr_factor: float, height: int, width: int) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for group, lr in zip(self.opt.param_groups, self.base_lrs, strict=True):
+            group["lr"] = lr * lr_factor
+        self.opt.step()
+        with torch.no_grad():  # project back onto the valid set
+            self.chol[:, 0].clamp_(min=MIN_CHOL_DIAG)
+            self.chol[:, 2].clamp_(min=MIN_CHOL_DIAG)
+            self.xy[:, 0].clamp_(0.0, float(width))
+            self.xy[:, 1].clamp_(0.0, float(height))
+
+    def restructure(self, keep: Tensor, new: Gaussians) -> None:
+        """Keep rows ``keep`` (int64, in order) and append ``new``; Adam moments follow the kept rows."""
+        old_params = self.params
+        old_state = [self.opt.state.get(p, {}) for p in old_params]
+        kept = self.rows().detach().index(keep)
+        self._make(Gaussians.cat([kept, new.to(kept.device)]))
+        m = len(new)
+        for p_new, st in zip(self.params, old_state, strict=True):
+            if not st:
+                continue
+            pad = torch.zeros(m, p_new.shape[1], dtype=p_new.dtype, device=p_new.device)
+            self.opt.state[p_new] = {
+                "step": st["step"].clone(),
+                "exp_avg": torch.cat([st["exp_avg"][keep], pad]),
+                "exp_avg_sq": torch.cat([st["exp_avg_sq"][keep], pad]),
+            }
+
+
+def _default_generator(generator: torch.Generator | None) -> torch.Generator:
+    return generator if generator is not None else torch.Generator().manual_seed(0)
+
+
+def seed_from_residual(
+    residual: Tensor,
+    region: Tensor,
+    m: int,
+    generator: torch.Generator,
+    sigma_px: float | None = None,
+) -> Gaussians:
+    """Up to ``m`` isotropic Gaussians (fewer if ``region`` has fewer pixels) placed on the peaks of
+    the residual (target - rendering, [H, W, 3]) inside ``region`` (bool [H, W]).
+
+    Centres are drawn without replacement among local maxima of the smoothed error, with
+    probability proportional to it. Without ``sigma_px`` the seeds tile the region (sigma is
+    half the spacing ``m`` seeds would have over it, colours scaled so overlapping seeds sum to
+    the locally averaged residual); with it they are isolated blobs of that residual.
+    """
+    h, w, _ = residual.shape
+    with torch.no_grad():
+        res = residual.permute(2, 0, 1)[None]
+        smooth = F.avg_pool2d(res, 3, stride=1, padding=1, count_include_pad=False)[0].permute(
+            1, 2, 0
+        )
+        err = smooth.square().sum(dim=2) * region
+        peak = err == F.max_pool2d(err[None, None], 5, stride=1, padding=2)[0, 0]
+        cand = torch.nonzero((peak & (err > 0)).flatten()).flatten()
+        if cand.numel() < m:  # not enough peaks: any region pixel with error will do
+            cand = torch.nonzero((err > 0).flatten()).flatten()
+        m = min(m, int(cand.numel()))
+        if m <= 0:
+            return Gaussians.empty(residual.device)
+        weights = err.flatten()[cand].to(torch.float64)
+        pick = cand[torch.multinomial(weights, m, replacement=False, generator=generator)]
+        pick = pick.sort().values
+        ys, xs = pick // w, pick % w
+        if sigma_px is None:  # tile the region: seeds on a lattice of spacing s = 2 sigma ...
+            sigma_px = 0.5 * math.sqrt(float(region.sum()) / m)
+            amp = 2.0 / math.pi  # ... sum to amp * 2 pi sigma^2 / s^2 = amp * pi / 2
+        else:  # isolated seeds: the peak value is the residual
+            amp = 1.0
+        sigma = min(NEW_SIGMA_MAX_PX, max(NEW_SIGMA_MIN_PX, sigma_px))
+        xy = torch.stack([xs, ys], dim=1).to(torch.float32) + 0.5
+        chol = torch.tensor([sigma, 0.0, sigma], device=residual.device).expand(m, 3).clone()
+        rgb = smooth[ys, xs] * amp
+        return Gaussians(xy, chol, rgb.to(torch.float32))
+
+
+# ----------------------------------------------------------------------------- I-frames
+
+
+def _densify(
+    opt: _RowOptimizer,
+    img: Tensor,
+    target: Tensor,
+    n_max: int,
+    cfg: FitConfig,
+    gen: torch.Generator,
+) -> None:
+    """Prune near-zero-colour rows and re-seed as many (up to ``n_max`` in all) where the error is largest."""
+    with torch.no_grad():
+        rgb = opt.rgb.detach()
+        keep = torch.nonzero(rgb.abs().amax(dim=1) >= cfg.prune_rgb_eps).flatten()
+        free = n_max - int(keep.numel())
+        if free <= 0:
+            return
+        residual = target - img
+        region = torch.ones(target.shape[:2], dtype=torch.bool, device=target.device)
+        new = seed_from_residual(residual, region, free, gen, sigma_px=1.0)
+        opt.restructure(keep, new)
+
+
+def fit_iframe(
+    frame: Tensor,
+    init: Gaussians,
+    cfg: FitConfig,
+    backend: RenderBackend,
+    *,
+    fake_quant: FakeQuant | None = None,
+    generator: torch.Generator | None = None,
+) -> FitResult:
+    """Fit Gaussians to ``frame`` (float32 [H, W, 3] in [0, 1]) starting from ``init``.
+
+    Stops after ``cfg.iframe_iters`` steps or as soon as the rendering reaches
+    ``cfg.target_psnr_db``; returns the best Gaussians seen. With ``cfg.densify``, every
+    ``densify_every`` steps (during the first ``densify_until_frac`` of the cap) near-zero
+    Gaussians are pruned and re-seeded where the error is largest; the count never exceeds
+    ``len(init)``. ``generator`` drives where re-seeded Gaussians go.
+    """
+    target, h, w = _check_frame(frame)
+    if len(init) == 0:
+        raise CodecConfigError("fit_iframe needs at least one Gaussian")
+    gen = _default_generator(generator)
+    n_max = len(init)
+    opt = _RowOptimizer(init.to(target.device), cfg)
+    sched = _Schedule(cfg, cfg.iframe_iters)
+    history: list[float] = []
+    best_psnr, best = -math.inf, opt.snapshot()
+    densify_stop = int(cfg.densify_until_frac * cfg.iframe_iters)
+    it = 0
+    while True:
+        g = opt.rows().clamped()
+        img = backend.render(fake_quant(g) if fake_quant is not None else g, h, w)
+        psnr = psnr_of(img.detach(), target)
+        history.append(psnr)
+        if psnr > best_psnr:
+            best_psnr, best = psnr, opt.snapshot()
+        if psnr >= cfg.target_psnr_db or it >= cfg.iframe_iters:
+            break
+        loss = _loss(img, target, cfg.ssim_weight)
+        opt.step(loss, sched.factor(it, float(loss.detach())), h, w)
+        it += 1
+        if cfg.densify and it % cfg.densify_every == 0 and it <= densify_stop:
+            _densify(opt, img.detach(), target, n_max, cfg, gen)
+    return FitResult(gaussians=best, iters=it, psnr_db=best_psnr, history=history)
+
+
+def iters_to_psnr(
+    frame: Tensor,
+    init: Gaussians,
+    cfg: FitConfig,
+    backend: RenderBackend,
+    target_db: float = 30.0,
+    max_iters: int = 5000,
+    *,
+    generator: torch.Generator | None = None,
+) -> int | None:
+    """Optimiser steps :func:`fit_iframe` needs from ``init`` to reach ``target_db`` (None if
+    not within ``max_iters``); the benchmark figure for content-aware against random init."""
+    run_cfg = replace(cfg, target_psnr_db=target_db, iframe_iters=max_iters)
+    res = fit_iframe(frame, init, run_cfg, backend, generator=generator)
+    return res.iters if res.psnr_db >= target_db else None
+
+
+# ----------------------------------------------------------------------------- P-frames
+
+
+class _Assembler:
+    """Full Gaussian set = frozen reference with rows ``idx`` replaced by the optimised rows, then new rows."""
+
+    def __init__(self, ref: Gaussians, idx: Tensor) -> None:
+        self.ref = ref.detach()
+        self.idx = idx
+
+    def __call__(self, rows: Gaussians) -> Gaussians:
+        k = int(self.idx.numel())
+        xy = self.ref.xy_px.index_copy(0, self.idx, rows.xy_px[:k])
+        chol = self.ref.chol.index_copy(0, self.idx, rows.chol[:k])
+        rgb = self.ref.rgb.index_copy(0, self.idx, rows.rgb[:k])
+        full = Gaussians(xy, chol, rgb)
+        if len(rows) > k:
+            full = Gaussians.cat([full, rows.index(torch.arange(k, len(rows), device=rows.device))])
+        return full
+
+
+def fit_pframe(
+    ref: Gaussians,
+    ref_recon: Tensor,
+    frame: Tensor,
+    cfg: FitConfig,
+    backend: RenderBackend,
+    *,
+    fake_quant: FakeQuant | None = None,
+    generator: torch.Generator | None = None,
+) -> PFrameResult:
+    """Update the decoded reference ``ref`` (rendered as ``ref_recon`` [H, W, 3]) towards ``frame``.
+
+    Changed pixels (max-over-RGB residual above ``cfg.pframe_threshold``, cleaned) select the
+    Gaussians touching them; only those rows are optimised, for at most ``cfg.pframe_iters``
+    steps. Fewer than ``cfg.pframe_min_changed_frac`` changed pixels means a static frame:
+    the reference is returned with K = 0 and no work done. Where the residual is still above
+    the threshold halfway (or at once, if no Gaussian touches the change), up to
+    ``cfg.pframe_max_new_frac * len(ref)`` new Gaussians are seeded from it and optimised too.
+    Stops early once the frame would count as static or reaches ``cfg.target_psnr_db``.
+    """
+    target, h, w = _check_frame(frame)
+    if tuple(ref_recon.shape) != (h, w, 3):
+        raise CodecConfigError(
+            f"ref_recon must have shape {(h, w, 3)}; got {tuple(ref_recon.shape)}"
+        )
+    gen = _default_generator(generator)
+    recon = ref_recon.detach().to(torch.float32).clamp(0.0, 1.0)
+    min_changed = cfg.pframe_min_changed_frac * h * w
+    changed = changed_mask(target, recon, cfg.pframe_threshold)
+    n_changed = int(changed.sum())
+    empty_idx = torch.zeros(0, dtype=torch.int64, device=ref.device)
+    if n_changed < max(1.0, min_changed) or cfg.pframe_iters == 0 or len(ref) == 0:
+        return PFrameResult(ref, empty_idx, 0, 0, psnr_of(recon, target))
+
+    ref = ref.detach()
+    touched = backend.gaussians_touching(ref, changed).to(torch.int64).sort().values
+    assemble = _Assembler(ref, touched)
+    opt = _RowOptimizer(ref.index(touched), cfg)
+    sched = _Schedule(cfg, cfg.pframe_iters)
+    max_new = int(cfg.pframe_max_new_frac * len(ref))
+    px_per_gaussian = h * w / len(ref)
+    add_at = 0 if touched.numel() == 0 else cfg.pframe_iters // 2
+    added = False
+    best_psnr, best = -math.inf, opt.snapshot()
+    it = 0
+    while True:
+        g = assemble(opt.rows()).clamped()
+        img = backend.render(fake_quant(g) if fake_quant is not None else g, h, w)
+        psnr = psnr_of(img.detach(), target)
+        if psnr > best_psnr:
+            best_psnr, best = psnr, opt.snapshot()
+        still = changed_mask(target, img.detach(), cfg.pframe_threshold)
+        n_still = int(still.sum())
+        if it >= cfg.pframe_iters or psnr >= cfg.target_psnr_db or n_still < min_changed:
+            break
+        if not added and it >= add_at and max_new > 0:
+            added = True
+            m = min(max_new, math.ceil(n_still / px_per_gaussian))
+            new = seed_from_residual(target - img.detach(), still, m, gen)
+            if len(new):
+                opt.restructure(torch.arange(len(opt), device=ref.device), new)
+                continue  # `best` may keep fewer rows: then the seeds did not help and are dropped
+        if len(opt) == 0:
+            break  # nothing touches the change and nothing could be added
+        loss = _loss(img, target, cfg.ssim_weight)
+        opt.step(loss, sched.factor(it, float(loss.detach())), h, w)
+        it += 1
+    out = assemble(best).detach()
+    n_added = len(best) - int(touched.numel())
+    return PFrameResult(out, touched, n_added, it, best_psnr)

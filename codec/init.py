@@ -1,0 +1,392 @@
+"""Initial Gaussians for I-frames: content-aware (superpixels) or random, plus the ROI helpers.
+
+Content-aware initialisation (seed 002, section 3.2A): SLIC superpixels cut the
+frame into about ``n`` segments and each segment becomes one Gaussian with the
+segment's centroid, a covariance proportional to the segment's pixel-coordinate
+covariance, and the segment's mean colour. Because the renderer *sums*
+Gaussians (no alpha blending), the colour is amplitude-corrected: a Gaussian's
+integral over the plane is ``rgb * 2 pi sqrt(det Sigma)``, and setting that equal
+to the segment's colour mass ``mean_colour * area`` makes the overlapping sum
+reproduce the local mean colour. Sigma is the segment covariance scaled by
+``sigma_scale`` (> 1) so neighbouring Gaussians overlap enough for their sum to
+be flat inside uniform regions instead of rippled.
+
+ROI helpers: :func:`load_roi_mask` reads a user mask image, :func:`detect_face_roi`
+finds a head-and-shoulders box with a frontal-face cascade.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from skimage.segmentation import slic
+from torch import Tensor
+
+from codec.errors import CodecConfigError
+from codec.gaussians import MIN_CHOL_DIAG, SIGMA_CUTOFF_SQ, Gaussians
+
+SIGMA_SCALE = 2.0  # Sigma = SIGMA_SCALE * (segment coordinate covariance)
+SLIC_COMPACTNESS = 10.0  # SLIC colour/space trade-off (Lab colour, the scikit-image default scale)
+# share of a Gaussian's integral inside its 3-sigma ellipse
+TRUNCATED_MASS = 1.0 - math.exp(-0.5 * SIGMA_CUTOFF_SQ)
+PIXEL_VAR = 1.0 / 12.0  # variance of a uniform pixel footprint, px^2
+FACE_MIN_SIDE_FRAC = 0.1  # smallest face searched, as a share of the shorter frame side
+FACE_DETECT_MAX_SIDE = 360  # detection runs on frames downscaled to at most this shorter side
+
+FloatImage = NDArray[np.float32]
+BoolImage = NDArray[np.bool_]
+
+
+def _as_numpy_frame(frame: Tensor | NDArray[np.floating]) -> FloatImage:
+    arr = frame.detach().cpu().numpy() if isinstance(frame, Tensor) else np.asarray(frame)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise CodecConfigError(f"frame must have shape [H, W, 3]; got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _as_numpy_mask(mask: Tensor | NDArray[np.bool_], shape: tuple[int, int]) -> BoolImage:
+    arr = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
+    if arr.shape != shape:
+        raise CodecConfigError(f"roi_mask must have shape {shape}; got {arr.shape}")
+    return arr.astype(bool)
+
+
+class _Segments:
+    """Pixel lists of the segments of one image part, with exact-count merge/split."""
+
+    def __init__(self, labels: NDArray[np.int64], colours: NDArray[np.float32], width: int) -> None:
+        """``labels`` int [H*W] (0 = outside this part, 1.. = segment), ``colours`` [H*W, 3]."""
+        self.labels = labels.copy()
+        self.colours = colours
+        self.width = width
+        self.height = labels.size // width
+        flat = np.flatnonzero(self.labels > 0)
+        order = np.argsort(self.labels[flat], kind="stable")
+        sorted_px = flat[order]
+        ids, starts = np.unique(self.labels[sorted_px], return_index=True)
+        bounds = [*starts.tolist(), sorted_px.size]
+        self.pixels: dict[int, NDArray[np.int64]] = {
+            int(i): sorted_px[bounds[k] : bounds[k + 1]] for k, i in enumerate(ids)
+        }
+        self.next_id = int(ids.max()) + 1 if ids.size else 1
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def _sse(self, px: NDArray[np.int64]) -> float:
+        c = self.colours[px]
+        return float(((c - c.mean(axis=0)) ** 2).sum())
+
+    def _neighbour_labels(self, px: NDArray[np.int64]) -> NDArray[np.int64]:
+        y, x = np.divmod(px, self.width)
+        cand = [
+            (y - 1) * self.width + x,
+            (y + 1) * self.width + x,
+            px - 1,
+            px + 1,
+        ]
+        ok = [y > 0, y < self.height - 1, x > 0, x < self.width - 1]
+        idx = np.concatenate([c[m] for c, m in zip(cand, ok, strict=True)])
+        lab = self.labels[idx]
+        return lab[lab > 0]
+
+    def merge_to(self, n: int) -> None:
+        """Merge the smallest segments into their most-bordering neighbour until ``n`` remain."""
+        heap = [(p.size, sid) for sid, p in self.pixels.items()]
+        heapq.heapify(heap)
+        while len(self.pixels) > n and heap:
+            size, sid = heapq.heappop(heap)
+            px = self.pixels.get(sid)
+            if px is None or px.size != size:
+                continue  # stale entry
+            nb = self._neighbour_labels(px)
+            nb = nb[nb != sid]
+            if nb.size:
+                vals, counts = np.unique(nb, return_counts=True)
+                target = int(vals[np.argmax(counts)])
+            else:  # an island: join the segment with the nearest centroid
+                c = np.array(np.divmod(px, self.width), dtype=np.float64).mean(axis=1)
+                others = [k for k in self.pixels if k != sid]
+                cents = np.array(
+                    [np.array(np.divmod(self.pixels[k], self.width)).mean(axis=1) for k in others]
+                )
+                target = others[int(np.argmin(((cents - c) ** 2).sum(axis=1)))]
+            merged = np.concatenate([self.pixels[target], px])
+            self.labels[px] = target
+            del self.pixels[sid]
+            self.pixels[target] = merged
+            heapq.heappush(heap, (merged.size, target))
+
+    def split_to(self, n: int) -> None:
+        """Split the worst-fitting segments (largest colour SSE, then area) in two until ``n`` exist."""
+        heap = [(-self._priority(p), sid) for sid, p in self.pixels.items() if p.size > 1]
+        heapq.heapify(heap)
+        while len(self.pixels) < n:
+            if not heap:
+                raise CodecConfigError(f"cannot make {n} Gaussians from {len(self.pixels)} pixels")
+            _, sid = heapq.heappop(heap)
+            px = self.pixels[sid]
+            a, b = self._split(px)
+            new_id = self.next_id
+            self.next_id += 1
+            self.pixels[sid] = a
+            self.pixels[new_id] = b
+            self.labels[b] = new_id
+            for k, p in ((sid, a), (new_id, b)):
+                if p.size > 1:
+                    heapq.heappush(heap, (-self._priority(p), k))
+
+    def _priority(self, px: NDArray[np.int64]) -> float:
+        return self._sse(px) + 1e-4 * px.size
+
+    def _split(self, px: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Halve a segment across its major spatial axis (at the median)."""
+        y, x = np.divmod(px, self.width)
+        pts = np.stack([x, y], axis=1).astype(np.float64)
+        pts -= pts.mean(axis=0)
+        cov = pts.T @ pts
+        _, vecs = np.linalg.eigh(cov)
+        proj = pts @ vecs[:, -1]
+        order = np.argsort(proj, kind="stable")
+        half = px.size // 2
+        return px[np.sort(order[:half])], px[np.sort(order[half:])]
+
+    def dense_labels(self) -> NDArray[np.int64]:
+        """Labels renumbered 0..K-1 (-1 outside this part), as int [H*W]."""
+        out = np.full(self.labels.size, -1, dtype=np.int64)
+        for k, px in enumerate(self.pixels.values()):
+            out[px] = k
+        return out
+
+
+def _segment_part(img: FloatImage, n: int, mask: BoolImage | None) -> NDArray[np.int64]:
+    """Exactly ``n`` segments of ``img`` inside ``mask``: labels int [H*W], 0..n-1, -1 outside."""
+    h, w, _ = img.shape
+    labels = slic(
+        img,
+        n_segments=n,
+        compactness=SLIC_COMPACTNESS,
+        start_label=1,
+        mask=mask,
+        channel_axis=-1,
+        enforce_connectivity=True,
+    ).astype(np.int64)
+    if mask is not None:
+        labels[~mask] = 0
+    seg = _Segments(labels.reshape(-1), img.reshape(-1, 3), w)
+    if len(seg) > n:
+        seg.merge_to(n)
+    elif len(seg) < n:
+        seg.split_to(n)
+    return seg.dense_labels()
+
+
+def _gaussians_from_labels(
+    img: FloatImage, labels: NDArray[np.int64], n: int, sigma_scale: float
+) -> Gaussians:
+    """One Gaussian per label 0..n-1 from the segment moments (pixel centres at +0.5)."""
+    h, w, _ = img.shape
+    ys, xs = np.divmod(np.arange(h * w, dtype=np.float64), w)
+    xs += 0.5
+    ys += 0.5
+    inside = labels >= 0
+    lab = labels[inside]
+    x, y = xs[inside], ys[inside]
+    col = img.reshape(-1, 3)[inside].astype(np.float64)
+
+    def seg_sum(v: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.bincount(lab, weights=v, minlength=n).astype(np.float64)
+
+    area = seg_sum(np.ones_like(x))
+    if np.any(area <= 0):  # cannot happen: every id keeps its pixels through merge/split
+        raise AssertionError("empty segment after merge/split")
+    mx, my = seg_sum(x) / area, seg_sum(y) / area
+    sxx = seg_sum(x * x) / area - mx * mx + PIXEL_VAR
+    syy = seg_sum(y * y) / area - my * my + PIXEL_VAR
+    sxy = seg_sum(x * y) / area - mx * my
+    mean_rgb = np.stack([seg_sum(col[:, c]) for c in range(3)], axis=1) / area[:, None]
+
+    # Sigma = s * C; Cholesky by hand, with the diagonal kept >= MIN_CHOL_DIAG.
+    sxx, sxy, syy = sigma_scale * sxx, sigma_scale * sxy, sigma_scale * syy
+    l11 = np.sqrt(np.maximum(sxx, MIN_CHOL_DIAG**2))
+    l21 = sxy / l11
+    l22 = np.sqrt(np.maximum(syy - l21 * l21, MIN_CHOL_DIAG**2))
+    det_sqrt = l11 * l22  # sqrt(det Sigma)
+    amplitude = area / (2.0 * math.pi * det_sqrt * TRUNCATED_MASS)
+    rgb = mean_rgb * amplitude[:, None]
+
+    def t(a: NDArray[np.float64]) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+    return Gaussians(
+        xy_px=t(np.stack([mx, my], axis=1)),
+        chol=t(np.stack([l11, l21, l22], axis=1)),
+        rgb=t(rgb),
+    )
+
+
+def superpixel_init(
+    frame: Tensor | NDArray[np.floating],
+    n: int,
+    *,
+    roi_mask: Tensor | NDArray[np.bool_] | None = None,
+    roi_share: float = 0.5,
+    generator: torch.Generator | None = None,
+    sigma_scale: float = SIGMA_SCALE,
+) -> Gaussians:
+    """Exactly ``n`` Gaussians from SLIC superpixels of ``frame`` (float32 [H, W, 3] in [0, 1]).
+
+    With ``roi_mask`` (bool [H, W]), ``round(roi_share * n)`` Gaussians come from superpixels
+    of the ROI and the rest from the background, each part segmented on its own. SLIC gives
+    roughly the requested count; the exact count comes from merging the smallest segments or
+    splitting the worst-fitting ones. The procedure is deterministic, so ``generator`` is
+    accepted only for symmetry with :func:`random_init`. Tensors are float32 on the CPU.
+    """
+    del generator  # deterministic: SLIC seeds on a grid (and with a fixed seed under a mask)
+    img = _as_numpy_frame(frame)
+    h, w, _ = img.shape
+    if n < 1:
+        raise CodecConfigError(f"n={n} must be at least 1")
+    if n > h * w:
+        raise CodecConfigError(f"n={n} Gaussians is more than the frame's {h * w} pixels")
+    if not (0.0 <= roi_share <= 1.0):
+        raise CodecConfigError(f"roi_share={roi_share} is out of range; use a value in [0, 1]")
+    if sigma_scale <= 0:
+        raise CodecConfigError(f"sigma_scale={sigma_scale} must be positive")
+    img = np.clip(img, 0.0, 1.0)
+
+    roi = _as_numpy_mask(roi_mask, (h, w)) if roi_mask is not None else None
+    if roi is None or not roi.any() or roi.all():
+        labels = _segment_part(img, n, None)
+        return _gaussians_from_labels(img, labels, n, sigma_scale)
+
+    n_roi_px, n_bg_px = int(roi.sum()), int((~roi).sum())
+    n_roi = min(max(round(roi_share * n), 0), n_roi_px)
+    n_bg = n - n_roi
+    if n_bg > n_bg_px:  # the background is too small for its share: give the rest to the ROI
+        n_bg = n_bg_px
+        n_roi = n - n_bg
+    parts: list[Gaussians] = []
+    for mask, count in ((roi, n_roi), (~roi, n_bg)):
+        if count > 0:
+            labels = _segment_part(img, count, mask)
+            parts.append(_gaussians_from_labels(img, labels, count, sigma_scale))
+    return Gaussians.cat(parts)
+
+
+def random_init(
+    height: int, width: int, n: int, *, generator: torch.Generator | None = None
+) -> Gaussians:
+    """GaussianImage's random start: uniform centres, small random Cholesky factors, random colours.
+
+    ``l11, l22`` in [0.5, 1.5) px and ``l21`` in [0, 1) px (GaussianImage adds 0.5 to U(0, 1)
+    on the diagonal), colours U(0, 1). float32 on the CPU, deterministic given ``generator``.
+    """
+    if n < 1 or height < 1 or width < 1:
+        raise CodecConfigError(
+            f"random_init needs n, height, width >= 1; got {n}, {height}, {width}"
+        )
+    u = torch.rand(n, 8, generator=generator)
+    xy = u[:, 0:2] * torch.tensor([float(width), float(height)])
+    chol = u[:, 2:5] + torch.tensor([0.5, 0.0, 0.5])
+    rgb = u[:, 5:8].contiguous()
+    return Gaussians(xy_px=xy, chol=chol, rgb=rgb)
+
+
+def load_roi_mask(path: str | Path, height: int, width: int) -> Tensor:
+    """ROI mask bool [height, width] from an image file (nonzero = ROI), resized (nearest) if needed.
+
+    Greyscale and colour images count a pixel as ROI when any channel is nonzero; an image with
+    a varying alpha channel uses the alpha channel. Raises :class:`CodecConfigError` when the
+    file is missing or not an image cv2 can read.
+    """
+    import cv2  # local import: cv2 is heavy and only needed here
+
+    p = Path(path)
+    if not p.is_file():
+        raise CodecConfigError(f"ROI mask file {str(p)!r} does not exist")
+    if height < 1 or width < 1:
+        raise CodecConfigError(f"ROI mask size must be positive; got {width}x{height}")
+    data = np.fromfile(p, dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise CodecConfigError(f"ROI mask file {str(p)!r} is not an image OpenCV can read")
+    if img.ndim == 3 and img.shape[2] == 4 and np.ptp(img[:, :, 3]) > 0:
+        mask = img[:, :, 3] > 0
+    elif img.ndim == 3:
+        mask = (img[:, :, :3] != 0).any(axis=2)
+    else:
+        mask = img != 0
+    if mask.shape != (height, width):
+        resized = cv2.resize(
+            mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
+        )
+        mask = resized > 0
+    return torch.from_numpy(np.ascontiguousarray(mask))
+
+
+def _face_boxes(gray: NDArray[np.float64]) -> list[tuple[int, int, int, int]]:
+    """Frontal faces as (x, y, w, h) boxes in ``gray``'s pixels.
+
+    Uses OpenCV's Haar cascade when this OpenCV build still ships it (``cv2.data.haarcascades``
+    and ``cv2.CascadeClassifier``; OpenCV 5 wheels ship neither), otherwise the LBP frontal-face
+    cascade that scikit-image ships with its own detector.
+    """
+    import cv2
+
+    h, w = gray.shape
+    min_side = max(12, int(FACE_MIN_SIDE_FRAC * min(h, w)))
+    haar_dir = getattr(getattr(cv2, "data", None), "haarcascades", None)
+    haar = Path(haar_dir, "haarcascade_frontalface_default.xml") if haar_dir else None
+    if haar is not None and haar.is_file() and hasattr(cv2, "CascadeClassifier"):
+        clf = cv2.CascadeClassifier(str(haar))
+        u8 = np.clip(gray * 255.0, 0, 255).astype(np.uint8)
+        found = clf.detectMultiScale(
+            u8, scaleFactor=1.1, minNeighbors=4, minSize=(min_side, min_side)
+        )
+        return [tuple(int(v) for v in box) for box in found]  # type: ignore[misc]
+
+    from skimage.data import lbp_frontal_face_cascade_filename
+    from skimage.feature import Cascade
+
+    det = Cascade(lbp_frontal_face_cascade_filename())
+    found = det.detect_multi_scale(
+        img=gray, scale_factor=1.2, step_ratio=1, min_size=(min_side, min_side), max_size=(h, w)
+    )
+    return [(int(d["c"]), int(d["r"]), int(d["width"]), int(d["height"])) for d in found]
+
+
+def detect_face_roi(frame_u8: NDArray[np.uint8]) -> NDArray[np.bool_] | None:
+    """Head-and-shoulders ROI (bool [H, W]) around every frontal face in ``frame_u8`` (uint8 [H, W, 3]).
+
+    Each face box is widened to 2.2x its width and extended from half a face above to 2.5
+    faces below its top (hair to shoulders). Returns None when no face is found.
+    """
+    from skimage.color import rgb2gray
+    from skimage.transform import rescale
+
+    arr = np.asarray(frame_u8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise CodecConfigError(f"frame must have shape [H, W, 3]; got {arr.shape}")
+    h, w, _ = arr.shape
+    gray = rgb2gray(arr)
+    factor = min(1.0, FACE_DETECT_MAX_SIDE / min(h, w))
+    if factor < 1.0:
+        gray = rescale(gray, factor, anti_aliasing=True)
+    boxes = _face_boxes(gray)
+    if not boxes:
+        return None
+    mask = np.zeros((h, w), dtype=bool)
+    for bx, by, bw, bh in boxes:
+        x, y, fw, fh = bx / factor, by / factor, bw / factor, bh / factor
+        x0 = max(0, int(math.floor(x - 0.6 * fw)))
+        x1 = min(w, int(math.ceil(x + 1.6 * fw)))
+        y0 = max(0, int(math.floor(y - 0.5 * fh)))
+        y1 = min(h, int(math.ceil(y + 2.5 * fh)))
+        mask[y0:y1, x0:x1] = True
+    return mask

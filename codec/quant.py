@@ -1,0 +1,290 @@
+"""Quantisation of Gaussians onto a per-GOP grid (seed 002, section 3.3 A).
+
+Every attribute channel uses a uniform scalar quantiser ``value = lo + q * step`` with
+integer level ``q`` in ``[0, 2**bits - 1]``:
+
+* positions: one grid shared by x and y with ``2**xy_bits`` levels spanning the larger
+  frame side plus ``QuantConfig.xy_margin`` of it beyond each edge (Gaussians just
+  outside the frame still reach in), so both axes have the same alphabet and can be
+  Morton-interleaved by the entropy coder;
+* Cholesky factors and colours: per-channel min/max quantisers over a robust range
+  (``QuantConfig.range_quantile`` .. ``1 - range_quantile``) of the I-frame's values;
+  the Cholesky diagonals start at or above :data:`codec.gaussians.MIN_CHOL_DIAG` so a
+  dequantised covariance is always positive definite.
+
+The grid is fitted once per GOP on the I-frame and reused (with clamping) by its
+P-frames. Its parameters are float32 so that the encoder's in-memory grid and the one
+the decoder parses from :meth:`QuantGrid.to_bytes` are bit-identical, and
+:func:`dequantize` is computed in float64 then rounded once to float32 so encoder and
+decoder reconstruct exactly the same values on any IEEE platform.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from codec.config import QuantConfig
+from codec.errors import BitstreamError
+from codec.gaussians import MIN_CHOL_DIAG, Gaussians
+
+XY_BITS_RANGE = (6, 16)
+ATTR_BITS_RANGE = (2, 12)
+_MIN_SPAN = 1e-3  # smallest chol/rgb range (units of the attribute) when all values are equal
+_DEFAULT_CHOL_HI = 4.0  # px, range used for an empty I-frame
+_VALUE_CLIP = 1e6  # chol/rgb values beyond this magnitude (a diverged fit) do not widen the range
+_GRID_FMT = "<3B14f"  # xy_bits chol_bits rgb_bits | xy_lo xy_step chol_lo[3] chol_step[3] rgb_lo[3] rgb_step[3]
+GRID_NBYTES = struct.calcsize(_GRID_FMT)  # 59
+
+
+def _f32(x: float) -> float:
+    """``x`` rounded to the nearest float32, as a Python float."""
+    return float(np.float32(x))
+
+
+@dataclass(frozen=True)
+class QuantGrid:
+    """Per-GOP quantiser parameters: ``value = lo + q * step`` per channel, all float32-exact."""
+
+    xy_bits: int
+    chol_bits: int
+    rgb_bits: int
+    xy_lo: float  # px, same origin for x and y
+    xy_step: float  # px
+    chol_lo: tuple[float, float, float]
+    chol_step: tuple[float, float, float]
+    rgb_lo: tuple[float, float, float]
+    rgb_step: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        problem = self.problem()
+        if problem:
+            raise ValueError(f"invalid QuantGrid: {problem}")
+
+    def problem(self) -> str | None:
+        """What is wrong with these parameters, or None when they are valid."""
+        if not XY_BITS_RANGE[0] <= self.xy_bits <= XY_BITS_RANGE[1]:
+            return f"xy_bits={self.xy_bits} outside {XY_BITS_RANGE}"
+        for name, bits in (("chol_bits", self.chol_bits), ("rgb_bits", self.rgb_bits)):
+            if not ATTR_BITS_RANGE[0] <= bits <= ATTR_BITS_RANGE[1]:
+                return f"{name}={bits} outside {ATTR_BITS_RANGE}"
+        if len(self.chol_lo) != 3 or len(self.chol_step) != 3:
+            return "chol_lo and chol_step need 3 entries"
+        if len(self.rgb_lo) != 3 or len(self.rgb_step) != 3:
+            return "rgb_lo and rgb_step need 3 entries"
+        groups = (
+            ("xy", (self.xy_lo,), (self.xy_step,), self.xy_bits),
+            ("chol", self.chol_lo, self.chol_step, self.chol_bits),
+            ("rgb", self.rgb_lo, self.rgb_step, self.rgb_bits),
+        )
+        for name, los, steps, bits in groups:
+            for lo, step in zip(los, steps, strict=True):
+                if _f32(lo) != lo or _f32(step) != step:
+                    return f"{name} parameters must be float32 values"
+                if not (math.isfinite(lo) and math.isfinite(step)) or abs(lo) > 1e9:
+                    return f"{name} lo={lo} step={step} not finite or absurd"
+                if not 0.0 < step <= 1e9 / (2**bits):
+                    return f"{name} step={step} must be in (0, {1e9 / 2**bits:g}]"
+        for i in (0, 2):
+            if self.chol_lo[i] < MIN_CHOL_DIAG:
+                return f"chol_lo[{i}]={self.chol_lo[i]} is below MIN_CHOL_DIAG={MIN_CHOL_DIAG}"
+        return None
+
+    def to_bytes(self) -> bytes:
+        """59 bytes: three u8 bit depths, then 14 little-endian float32 (see docs/FORMAT.md)."""
+        return struct.pack(
+            _GRID_FMT,
+            self.xy_bits,
+            self.chol_bits,
+            self.rgb_bits,
+            self.xy_lo,
+            self.xy_step,
+            *self.chol_lo,
+            *self.chol_step,
+            *self.rgb_lo,
+            *self.rgb_step,
+        )
+
+    @staticmethod
+    def from_bytes(data: bytes) -> QuantGrid:
+        """Inverse of :meth:`to_bytes`; anything but a valid 59-byte grid raises BitstreamError."""
+        if len(data) != GRID_NBYTES:
+            raise BitstreamError(f"quant grid: expected {GRID_NBYTES} bytes, got {len(data)}")
+        v = struct.unpack(_GRID_FMT, bytes(data))
+        f = [float(x) for x in v[3:]]
+        try:
+            return QuantGrid(
+                int(v[0]), int(v[1]), int(v[2]), f[0], f[1],
+                (f[2], f[3], f[4]), (f[5], f[6], f[7]), (f[8], f[9], f[10]), (f[11], f[12], f[13]),
+            )  # fmt: skip
+        except ValueError as exc:
+            raise BitstreamError(f"quant grid: {exc}") from exc
+
+    def _channels(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(lo [8], step [8], levels [8]) float64 for the channel order x y l11 l21 l22 r g b."""
+        lo = (self.xy_lo, self.xy_lo, *self.chol_lo, *self.rgb_lo)
+        step = (self.xy_step, self.xy_step, *self.chol_step, *self.rgb_step)
+        bits = (self.xy_bits,) * 2 + (self.chol_bits,) * 3 + (self.rgb_bits,) * 3
+        return (
+            torch.tensor(lo, dtype=torch.float64),
+            torch.tensor(step, dtype=torch.float64),
+            torch.tensor([2**b for b in bits], dtype=torch.float64),
+        )
+
+
+def _robust_range(v: np.ndarray, quantile: float) -> tuple[float, float]:
+    """(lo, hi) of float64 ``v`` [N] between the ``quantile`` and ``1 - quantile`` quantiles."""
+    if quantile <= 0.0:
+        return float(v.min()), float(v.max())
+    lo, hi = np.quantile(v, [quantile, 1.0 - quantile])
+    return float(lo), float(hi)
+
+
+def _uniform(lo: float, hi: float, bits: int, floor: float | None = None) -> tuple[float, float]:
+    """float32 (lo, step) of a ``2**bits``-level quantiser covering [lo, hi]."""
+    if floor is not None:
+        lo = max(lo, floor)
+    hi = max(hi, lo + _MIN_SPAN)
+    lo32 = _f32(lo)
+    if floor is not None and lo32 < floor:  # float32 rounding must not cross the floor
+        lo32 = float(np.nextafter(np.float32(lo32), np.float32(np.inf)))
+    step = _f32((hi - lo32) / (2**bits - 1))
+    return lo32, step
+
+
+def make_grid(g: Gaussians, height: int, width: int, cfg: QuantConfig) -> QuantGrid:
+    """The grid for one GOP from its I-frame ``g`` (any device) in a ``height`` x ``width`` frame."""
+    if height < 1 or width < 1:
+        raise ValueError(f"frame size must be positive, got {height}x{width}")
+    side = float(max(height, width))
+    margin = cfg.xy_margin * side
+    xy_lo, xy_step = _uniform(-margin, side + margin, cfg.xy_bits)
+    chol = g.chol.detach().double().cpu().numpy().clip(-_VALUE_CLIP, _VALUE_CLIP)  # [N, 3]
+    rgb = g.rgb.detach().double().cpu().numpy().clip(-_VALUE_CLIP, _VALUE_CLIP)  # [N, 3]
+    chol_lo: list[float] = []
+    chol_step: list[float] = []
+    rgb_lo: list[float] = []
+    rgb_step: list[float] = []
+    for c in range(3):
+        diag = c != 1
+        col = chol[:, c][np.isfinite(chol[:, c])]
+        if col.size:
+            lo, hi = _robust_range(col, cfg.range_quantile)
+        else:
+            lo, hi = (
+                (MIN_CHOL_DIAG, _DEFAULT_CHOL_HI) if diag else (-_DEFAULT_CHOL_HI, _DEFAULT_CHOL_HI)
+            )
+        a, b = _uniform(lo, hi, cfg.chol_bits, MIN_CHOL_DIAG if diag else None)
+        chol_lo.append(a)
+        chol_step.append(b)
+        col = rgb[:, c][np.isfinite(rgb[:, c])]
+        lo, hi = _robust_range(col, cfg.range_quantile) if col.size else (0.0, 1.0)
+        a, b = _uniform(lo, hi, cfg.rgb_bits)
+        rgb_lo.append(a)
+        rgb_step.append(b)
+    return QuantGrid(
+        xy_bits=cfg.xy_bits,
+        chol_bits=cfg.chol_bits,
+        rgb_bits=cfg.rgb_bits,
+        xy_lo=xy_lo,
+        xy_step=xy_step,
+        chol_lo=(chol_lo[0], chol_lo[1], chol_lo[2]),
+        chol_step=(chol_step[0], chol_step[1], chol_step[2]),
+        rgb_lo=(rgb_lo[0], rgb_lo[1], rgb_lo[2]),
+        rgb_step=(rgb_step[0], rgb_step[1], rgb_step[2]),
+    )
+
+
+@dataclass
+class QGaussians:
+    """Quantised Gaussians: integer levels on a :class:`QuantGrid` (int32 tensors, one device)."""
+
+    xy: Tensor  # int32 [N, 2]
+    chol: Tensor  # int32 [N, 3]
+    rgb: Tensor  # int32 [N, 3]
+
+    def __post_init__(self) -> None:
+        n = self.xy.shape[0]
+        if self.xy.shape != (n, 2) or self.chol.shape != (n, 3) or self.rgb.shape != (n, 3):
+            raise ValueError(
+                f"QGaussians need xy [N,2], chol [N,3], rgb [N,3]; got "
+                f"{tuple(self.xy.shape)}, {tuple(self.chol.shape)}, {tuple(self.rgb.shape)}"
+            )
+        for name, t in (("xy", self.xy), ("chol", self.chol), ("rgb", self.rgb)):
+            if t.dtype != torch.int32:
+                raise ValueError(f"QGaussians.{name} must be int32, got {t.dtype}")
+
+    def __len__(self) -> int:
+        return int(self.xy.shape[0])
+
+    def index(self, idx: Tensor) -> QGaussians:
+        """Rows ``idx`` (int64 [K] or bool [N])."""
+        return QGaussians(self.xy[idx], self.chol[idx], self.rgb[idx])
+
+    def rows(self) -> Tensor:
+        """All attributes side by side: int32 [N, 8] (x y l11 l21 l22 r g b)."""
+        return torch.cat([self.xy, self.chol, self.rgb], dim=1)
+
+    def equal_rows(self, other: QGaussians) -> Tensor:
+        """bool [N]: row i of ``self`` equals row i of ``other`` in every attribute."""
+        if len(self) != len(other):
+            raise ValueError(f"equal_rows needs the same length, got {len(self)} and {len(other)}")
+        return (self.rows() == other.rows().to(self.xy.device)).all(dim=1)
+
+    def to(self, device: torch.device | str) -> QGaussians:
+        return QGaussians(self.xy.to(device), self.chol.to(device), self.rgb.to(device))
+
+    @staticmethod
+    def cat(parts: list[QGaussians]) -> QGaussians:
+        if not parts:
+            return QGaussians.empty()
+        return QGaussians(
+            torch.cat([p.xy for p in parts]),
+            torch.cat([p.chol for p in parts]),
+            torch.cat([p.rgb for p in parts]),
+        )
+
+    @staticmethod
+    def empty(device: torch.device | str = "cpu") -> QGaussians:
+        def z(k: int) -> Tensor:
+            return torch.zeros(0, k, dtype=torch.int32, device=device)
+
+        return QGaussians(z(2), z(3), z(3))
+
+    @staticmethod
+    def from_rows(rows: Tensor) -> QGaussians:
+        """Inverse of :meth:`rows` (int [N, 8])."""
+        r = rows.to(torch.int32)
+        return QGaussians(r[:, 0:2].contiguous(), r[:, 2:5].contiguous(), r[:, 5:8].contiguous())
+
+
+def quantize(g: Gaussians, grid: QuantGrid) -> QGaussians:
+    """Nearest levels of ``g`` on ``grid``, clamped to its range (NaN maps to level 0)."""
+    x = torch.cat([g.xy_px, g.chol, g.rgb], dim=1).detach().double()  # [N, 8]
+    lo, step, levels = (t.to(x.device) for t in grid._channels())
+    q = torch.round((x - lo) / step)
+    q = torch.nan_to_num(q, nan=0.0).clamp(min=torch.zeros_like(levels), max=levels - 1)
+    return QGaussians.from_rows(q.to(torch.int32))
+
+
+def dequantize(q: QGaussians, grid: QuantGrid) -> Gaussians:
+    """float32 Gaussians ``lo + q * step`` (float64 arithmetic, one rounding; bit-exact everywhere)."""
+    lo, step, _ = (t.to(q.xy.device) for t in grid._channels())
+    x = (q.rows().double() * step + lo).float()  # [N, 8]
+    return Gaussians(x[:, 0:2].contiguous(), x[:, 2:5].contiguous(), x[:, 5:8].contiguous())
+
+
+def fake_quantize(g: Gaussians, grid: QuantGrid) -> Gaussians:
+    """Straight-through quantisation for QAT: forward equals ``dequantize(quantize(g))``
+    exactly, gradient is the identity (also where values are clamped)."""
+    d = dequantize(quantize(g, grid), grid)
+
+    def ste(x: Tensor, xq: Tensor) -> Tensor:
+        return xq + (x - x.detach())  # x - x.detach() is exactly 0 forward
+
+    return Gaussians(ste(g.xy_px, d.xy_px), ste(g.chol, d.chol), ste(g.rgb, d.rgb))

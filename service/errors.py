@@ -1,0 +1,144 @@
+"""One error shape for every failure: ``{"error": {"code", "message", "details"?}}``.
+
+Messages say what was wrong and what to do about it. Validation errors list each
+bad field; malformed JSON is a 400; bodies over the size limit are a 413.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+_log = logging.getLogger(__name__)
+
+_CODES_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    503: "unavailable",
+}
+
+
+class ApiError(StarletteHTTPException):
+    """An error with a stable machine-readable ``code`` and a human ``message``."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(status_code=status_code, detail=message, headers=headers)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def not_found(kind: str, ident: object) -> ApiError:
+    """The same answer for "missing" and "another tenant's" (never 403)."""
+    return ApiError(404, "not_found", f"{kind} {ident} not found")
+
+
+def error_body(
+    code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or "body"
+
+
+def _describe(error: dict[str, Any]) -> str:
+    message = str(error.get("msg", "invalid value"))
+    kind = str(error.get("type", ""))
+    if kind == "missing":
+        return "is required"
+    if kind in ("literal_error", "enum", "greater_than_equal", "less_than_equal", "url_scheme"):
+        return f"{message} (got {error.get('input')!r})"
+    return message
+
+
+def validation_error_response(exc: RequestValidationError) -> JSONResponse:
+    errors = list(exc.errors())
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            reason = (error.get("ctx") or {}).get("error", "invalid JSON")
+            loc = error.get("loc") or ()
+            where = f" at character {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
+            return JSONResponse(
+                status_code=400,
+                content=error_body(
+                    "malformed_json",
+                    f"the request body is not valid JSON ({reason}{where}); "
+                    "send a JSON object with Content-Type: application/json",
+                ),
+            )
+    details = [
+        {"field": _field_name(error.get("loc", ())), "message": _describe(error)}
+        for error in errors
+    ]
+    message = "; ".join(f"{d['field']}: {d['message']}" for d in details) or "invalid request"
+    return JSONResponse(
+        status_code=422,
+        content=jsonable_encoder(error_body("validation_error", message, details)),
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that turn every error into the one JSON shape."""
+
+    async def on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return validation_error_response(exc)
+
+    async def on_http_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc, ApiError):
+            body = error_body(exc.code, exc.message, exc.details)
+        else:
+            code = _CODES_BY_STATUS.get(exc.status_code, "error")
+            message = str(exc.detail)
+            if exc.status_code == 404 and message == "Not Found":
+                message = "no such endpoint; see /docs for the API"
+            elif exc.status_code == 405:
+                message = "method not allowed on this endpoint; see /docs for the API"
+            body = error_body(code, message)
+        return JSONResponse(status_code=exc.status_code, content=body, headers=exc.headers)
+
+    async def on_unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
+        _log.exception("unhandled error", exc_info=exc)
+        return JSONResponse(
+            status_code=500,
+            content=error_body(
+                "internal_error", "internal error; retry later or contact the operator"
+            ),
+        )
+
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected_error)

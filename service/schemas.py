@@ -1,0 +1,297 @@
+"""Request and response models, one family per resource (``JobCreate``, ``JobPublic``, ``JobsPage``, ...)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+
+from infra.models import Batch, Job, JobPhase, JobStatus, Schedule
+
+Preset = Literal["fast", "slow"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ------------------------------------------------------------------ jobs
+
+
+class JobOptions(_Strict):
+    """How to encode: shared by single jobs, batches and schedule templates."""
+
+    preset: Preset = Field(default="fast", description="encoder preset: fast or slow")
+    quality: int = Field(default=5, ge=1, le=10, description="1 (smallest) .. 10 (best)")
+    gop: int = Field(default=30, ge=1, le=600, description="frames per group of pictures")
+    enhance: bool = Field(
+        default=False, description="run the enhancer (accepted now, used when it exists)"
+    )
+    priority: int = Field(default=0, ge=-50, le=50, description="higher runs first")
+    max_frames: int | None = Field(
+        default=None, ge=1, description="encode at most this many frames"
+    )
+    output_prefix: str | None = Field(
+        default=None,
+        max_length=200,
+        description="a label for the outputs; storage keys are always built from ids",
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict, description="your data, returned as is")
+    callback_url: HttpUrl | None = Field(
+        default=None, description="http(s) URL POSTed when the job ends"
+    )
+
+    def job_fields(self) -> dict[str, Any]:
+        """The :class:`~infra.models.Job` columns these options set."""
+        return {
+            "preset": self.preset,
+            "quality": self.quality,
+            "gop": self.gop,
+            "enhance": self.enhance,
+            "priority": self.priority,
+            "max_frames": self.max_frames,
+            "output_label": self.output_prefix,
+            "user_metadata": self.metadata,
+            "callback_url": str(self.callback_url) if self.callback_url is not None else None,
+        }
+
+
+class JobCreate(JobOptions):
+    input: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="an uploaded key (tenants/<id>/uploads/...), s3://bucket/key, or a file path "
+        "under an allowed root",
+    )
+
+
+class JobTemplate(JobOptions):
+    """Options for every job a batch or a schedule creates."""
+
+
+class JobError(BaseModel):
+    code: str
+    message: str | None
+
+
+class JobPublic(BaseModel):
+    id: uuid.UUID
+    status: JobStatus
+    phase: JobPhase | None
+    progress_percent: float
+    input: str
+    preset: str
+    quality: int
+    gop: int
+    enhance: bool
+    priority: int
+    max_frames: int | None
+    output_prefix: str
+    output_label: str | None
+    metadata: dict[str, Any]
+    callback_url: str | None
+    callback_status: str | None
+    idempotency_key: str | None
+    batch_id: uuid.UUID | None
+    schedule_id: uuid.UUID | None
+    gops_total: int | None
+    gops_done: int
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    error: JobError | None
+    outputs: dict[str, str]
+    report: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobPublic:
+        return cls(
+            id=job.id,
+            status=job.status,
+            phase=job.phase,
+            progress_percent=job_progress_percent(job),
+            input=job.input_uri,
+            preset=job.preset,
+            quality=job.quality,
+            gop=job.gop,
+            enhance=job.enhance,
+            priority=job.priority,
+            max_frames=job.max_frames,
+            output_prefix=job.output_prefix,
+            output_label=job.output_label,
+            metadata=job.user_metadata or {},
+            callback_url=job.callback_url,
+            callback_status=job.callback_status,
+            idempotency_key=job.idempotency_key,
+            batch_id=job.batch_id,
+            schedule_id=job.schedule_id,
+            gops_total=job.gops_total,
+            gops_done=job.gops_done,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            cancel_requested=job.cancel_requested,
+            error=JobError(code=job.error_code, message=job.error_message)
+            if job.error_code
+            else None,
+            outputs={str(k): str(v) for k, v in (job.outputs or {}).items()},
+            report=job.report or {},
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+        )
+
+
+def job_progress_percent(job: Job) -> float:
+    """100 when succeeded, else GOPs done over GOPs total (0 before probing)."""
+    if job.status == JobStatus.succeeded:
+        return 100.0
+    if not job.gops_total:
+        return 0.0
+    return round(min(100.0, 100.0 * job.gops_done / job.gops_total), 1)
+
+
+class JobsPage(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= for the next page; null at the end"
+    )
+
+
+class OutputLink(BaseModel):
+    name: str
+    key: str
+    url: str
+    expires_in_s: int | None = Field(description="null for API download links (they need your key)")
+
+
+class JobOutputs(BaseModel):
+    job_id: uuid.UUID
+    status: JobStatus
+    outputs: list[OutputLink]
+
+
+# --------------------------------------------------------------- uploads
+
+
+class UploadPublic(BaseModel):
+    key: str = Field(description="use as a job's input")
+    size_bytes: int
+    sha256: str
+    filename: str | None
+
+
+class PresignedUploadCreate(_Strict):
+    filename: str | None = Field(
+        default=None, max_length=255, description="only its extension is used"
+    )
+
+
+class PresignedUpload(BaseModel):
+    key: str = Field(description="use as a job's input once the PUT succeeded")
+    url: str
+    method: Literal["PUT"] = "PUT"
+    expires_in_s: int
+
+
+# --------------------------------------------------------------- batches
+
+
+class BatchCreate(_Strict):
+    inputs: list[str] | None = Field(default=None, min_length=1, description="one job per input")
+    input_prefix: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="s3://bucket/tenants/<id>/... or tenants/<id>/...: one job per video under it",
+    )
+    job: JobTemplate = Field(default_factory=JobTemplate)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BatchCreate:
+        if (self.inputs is None) == (self.input_prefix is None):
+            raise ValueError("give exactly one of 'inputs' (a list) or 'input_prefix'")
+        return self
+
+
+class BatchPublic(BaseModel):
+    id: uuid.UUID
+    created_at: datetime
+    source: dict[str, Any]
+    total_jobs: int
+    counts: dict[JobStatus, int]
+    progress_percent: float = Field(description="mean progress of its jobs")
+    done: bool = Field(description="every job has ended (succeeded, failed or canceled)")
+
+    @classmethod
+    def from_batch(
+        cls, batch: Batch, counts: dict[JobStatus, int], progress_percent: float
+    ) -> BatchPublic:
+        total = sum(counts.values())
+        terminal = sum(
+            counts[s] for s in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+        )
+        return cls(
+            id=batch.id,
+            created_at=batch.created_at,
+            source=batch.source,
+            total_jobs=total,
+            counts=counts,
+            progress_percent=round(progress_percent, 1),
+            done=total > 0 and terminal == total,
+        )
+
+
+# ------------------------------------------------------------- schedules
+
+
+class ScheduleCreate(_Strict):
+    cron: str = Field(
+        min_length=9, max_length=200, description="5-field cron in UTC, e.g. '*/15 * * * *'"
+    )
+    input_prefix: str = Field(min_length=1, max_length=1024)
+    job: JobTemplate = Field(default_factory=JobTemplate)
+
+
+class SchedulePublic(BaseModel):
+    id: uuid.UUID
+    cron: str
+    input_prefix: str
+    job: dict[str, Any]
+    next_run_at: datetime
+    last_run_at: datetime | None
+    created_at: datetime
+
+    @classmethod
+    def from_schedule(cls, schedule: Schedule) -> SchedulePublic:
+        return cls(
+            id=schedule.id,
+            cron=schedule.cron,
+            input_prefix=schedule.input_prefix,
+            job=schedule.job_template,
+            next_run_at=schedule.next_run_at,
+            last_run_at=schedule.last_run_at,
+            created_at=schedule.created_at,
+        )
+
+
+class SchedulesPublic(BaseModel):
+    items: list[SchedulePublic]
+    count: int
+
+
+# ---------------------------------------------------------------- health
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyPublic(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, str]

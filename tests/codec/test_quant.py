@@ -1,0 +1,174 @@
+"""Quantisation: grid fitting, round-trip error, clamping, fake quantisation, grid bytes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from codec.config import QuantConfig
+from codec.errors import BitstreamError, CodecConfigError
+from codec.gaussians import MIN_CHOL_DIAG, Gaussians
+from codec.quant import (
+    GRID_NBYTES,
+    QGaussians,
+    QuantGrid,
+    dequantize,
+    fake_quantize,
+    make_grid,
+    quantize,
+)
+
+H, W = 48, 80
+
+
+def random_gaussians(n: int, seed: int = 0) -> Gaussians:
+    gen = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=gen) * torch.tensor([W, H])
+    l11 = 0.3 + 3 * torch.rand(n, generator=gen)
+    l21 = torch.randn(n, generator=gen)
+    l22 = 0.3 + 3 * torch.rand(n, generator=gen)
+    rgb = torch.rand(n, 3, generator=gen)
+    return Gaussians(xy, torch.stack([l11, l21, l22], dim=1), rgb)
+
+
+def steps(grid: QuantGrid) -> torch.Tensor:
+    """float64 [8] step per channel x y l11 l21 l22 r g b."""
+    return torch.tensor(
+        [grid.xy_step] * 2 + list(grid.chol_step) + list(grid.rgb_step), dtype=torch.float64
+    )
+
+
+def as_rows(g: Gaussians) -> torch.Tensor:
+    return torch.cat([g.xy_px, g.chol, g.rgb], dim=1).double()
+
+
+def test_round_trip_error_within_half_a_step() -> None:
+    g = random_gaussians(500)
+    grid = make_grid(g, H, W, QuantConfig(range_quantile=0.0))  # full range: nothing is clamped
+    back = dequantize(quantize(g, grid), grid)
+    assert back.xy_px.dtype == torch.float32
+    err = (as_rows(back) - as_rows(g)).abs()
+    assert (err <= steps(grid) * 0.5 * (1 + 1e-5) + 1e-6).all()
+
+
+def test_grid_covers_frame_plus_margin_with_power_of_two_levels() -> None:
+    cfg = QuantConfig(xy_bits=10, xy_margin=0.125)
+    grid = make_grid(random_gaussians(10), H, W, cfg)
+    top = grid.xy_lo + (2**10 - 1) * grid.xy_step
+    assert grid.xy_lo == pytest.approx(-0.125 * W, abs=1e-4)
+    assert top == pytest.approx(1.125 * W, rel=1e-5)
+
+
+def test_robust_range_ignores_outliers_and_clamps() -> None:
+    g = random_gaussians(1000)
+    g.rgb[0, 0] = 50.0  # one wild colour
+    grid = make_grid(g, H, W, QuantConfig(range_quantile=0.01))
+    assert grid.rgb_lo[0] + (2**grid.rgb_bits - 1) * grid.rgb_step[0] < 1.5
+    q = quantize(g, grid)
+    assert int(q.rgb[0, 0]) == 2**grid.rgb_bits - 1  # clamped to the top level
+    far = Gaussians(
+        torch.tensor([[-1e4, 1e4]]),
+        torch.tensor([[0.0, 0.0, -5.0]]),
+        torch.tensor([[-9.0, 0.5, 9.0]]),
+    )
+    qf = quantize(far, grid)
+    assert qf.xy.tolist() == [[0, 2**grid.xy_bits - 1]]
+    assert qf.chol[0, 0] == 0 and qf.chol[0, 2] == 0
+    assert qf.rgb[0, 0] == 0 and qf.rgb[0, 2] == 2**grid.rgb_bits - 1
+
+
+def test_chol_diagonal_never_below_min() -> None:
+    g = random_gaussians(200)
+    g.chol[:, 0] = 0.01  # everything far below the floor
+    g.chol[:, 2] = -3.0
+    grid = make_grid(g, H, W, QuantConfig())
+    assert grid.chol_lo[0] >= MIN_CHOL_DIAG and grid.chol_lo[2] >= MIN_CHOL_DIAG
+    back = dequantize(quantize(g, grid), grid)
+    assert (back.chol[:, 0] >= MIN_CHOL_DIAG).all() and (back.chol[:, 2] >= MIN_CHOL_DIAG).all()
+    every_level = QGaussians(
+        torch.zeros(2**grid.chol_bits, 2, dtype=torch.int32),
+        torch.arange(2**grid.chol_bits, dtype=torch.int32)[:, None].repeat(1, 3),
+        torch.zeros(2**grid.chol_bits, 3, dtype=torch.int32),
+    )
+    assert (dequantize(every_level, grid).chol[:, [0, 2]] >= MIN_CHOL_DIAG).all()
+
+
+@pytest.mark.parametrize("n", [0, 1, 3])
+def test_degenerate_sets_give_valid_grids(n: int) -> None:
+    g = random_gaussians(n)
+    if n:
+        g = Gaussians(g.xy_px, g.chol[:1].repeat(n, 1), g.rgb[:1].repeat(n, 1))
+    grid = make_grid(g, H, W, QuantConfig())
+    assert grid.problem() is None
+    back = dequantize(quantize(g, grid), grid)
+    assert torch.allclose(back.rgb, g.rgb, atol=1e-3)
+
+
+def test_nan_quantises_to_level_zero() -> None:
+    grid = make_grid(random_gaussians(20), H, W, QuantConfig())
+    g = Gaussians(torch.full((1, 2), float("nan")), torch.ones(1, 3), torch.zeros(1, 3))
+    assert quantize(g, grid).xy.tolist() == [[0, 0]]
+
+
+def test_fake_quantize_forward_is_exact_and_gradient_passes_through() -> None:
+    g = random_gaussians(300)
+    grid = make_grid(g, H, W, QuantConfig(range_quantile=0.05))  # some values are clamped
+    xy = g.xy_px.clone().requires_grad_(True)
+    chol = g.chol.clone().requires_grad_(True)
+    rgb = g.rgb.clone().requires_grad_(True)
+    fq = fake_quantize(Gaussians(xy, chol, rgb), grid)
+    ref = dequantize(quantize(g, grid), grid)
+    assert (
+        torch.equal(fq.xy_px, ref.xy_px)
+        and torch.equal(fq.chol, ref.chol)
+        and torch.equal(fq.rgb, ref.rgb)
+    )
+    weights = torch.randn(300, 8, dtype=torch.float32)
+    (torch.cat([fq.xy_px, fq.chol, fq.rgb], dim=1) * weights).sum().backward()
+    assert xy.grad is not None and chol.grad is not None and rgb.grad is not None
+    assert torch.equal(torch.cat([xy.grad, chol.grad, rgb.grad], dim=1), weights)
+
+
+def test_grid_bytes_round_trip_and_strictness() -> None:
+    grid = make_grid(random_gaussians(100), H, W, QuantConfig(xy_bits=14, chol_bits=5, rgb_bits=9))
+    data = grid.to_bytes()
+    assert len(data) == GRID_NBYTES
+    assert QuantGrid.from_bytes(data) == grid
+    for bad in (data[:-1], data + b"\0", b""):
+        with pytest.raises(BitstreamError):
+            QuantGrid.from_bytes(bad)
+    for field, value in (("xy_bits", 40), ("chol_bits", 1), ("rgb_bits", 13)):
+        raw = bytearray(data)
+        raw[{"xy_bits": 0, "chol_bits": 1, "rgb_bits": 2}[field]] = value
+        with pytest.raises(BitstreamError, match=field):
+            QuantGrid.from_bytes(bytes(raw))
+    nan_step = bytearray(data)
+    nan_step[7:11] = b"\x00\x00\xc0\x7f"  # xy_step = NaN
+    with pytest.raises(BitstreamError):
+        QuantGrid.from_bytes(bytes(nan_step))
+    raw = bytearray(data)
+    raw[11:15] = b"\x00\x00\x00\x00"  # chol_lo[0] = 0 < MIN_CHOL_DIAG
+    with pytest.raises(BitstreamError, match="MIN_CHOL_DIAG"):
+        QuantGrid.from_bytes(bytes(raw))
+
+
+def test_qgaussians_helpers() -> None:
+    grid = make_grid(random_gaussians(10), H, W, QuantConfig())
+    q = quantize(random_gaussians(10), grid)
+    assert len(q) == 10 and len(QGaussians.empty()) == 0
+    both = QGaussians.cat([q, q.index(torch.tensor([2, 5]))])
+    assert len(both) == 12 and torch.equal(both.rows()[10], q.rows()[2])
+    other = QGaussians(q.xy.clone(), q.chol.clone(), q.rgb.clone())
+    other.rgb[3, 1] += 1
+    assert q.equal_rows(other).tolist() == [i != 3 for i in range(10)]
+    with pytest.raises(ValueError):
+        QGaussians(q.xy.long(), q.chol, q.rgb)
+
+
+def test_quant_config_validates_new_fields() -> None:
+    with pytest.raises(CodecConfigError, match="range_quantile"):
+        QuantConfig(range_quantile=0.5)
+    with pytest.raises(CodecConfigError, match="xy_margin"):
+        QuantConfig(xy_margin=-0.1)
+    with pytest.raises(CodecConfigError, match="bits_back"):
+        QuantConfig(bits_back=True)

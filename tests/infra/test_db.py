@@ -1,0 +1,270 @@
+"""Database plumbing against a real Postgres: embedded server, migrations, fixtures, keys, jobs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from alembic import command
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from infra.db import (
+    alembic_config,
+    make_engine,
+    make_session_factory,
+    normalize_url,
+    resolve_database_url,
+    run_migrations,
+    shutdown_embedded,
+)
+from infra.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
+from infra.jobs import create_job, create_or_get_job
+from infra.models import ApiKey, Job, JobStatus, Tenant
+from infra.settings import Settings
+from infra.tenants import authenticate, create_tenant_key, list_tenant_keys, revoke_key
+
+
+@pytest.fixture
+def pg_root() -> Iterator[Path]:
+    """A world-searchable temp dir (as root, postgres runs as another user)."""
+    root = Path(tempfile.mkdtemp(prefix="splatpack-pg-unit-"))
+    root.chmod(0o711)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+def test_embedded_postgres_keeps_data_attaches_and_survives_a_stale_pidfile(pg_root: Path) -> None:
+    data_dir = pg_root / "data"
+    with EmbeddedPostgres(data_dir, durable=False) as server:
+        assert server.owns_server
+        with psycopg.connect(_libpq(server.url), autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (v int)")
+            conn.execute("INSERT INTO kept VALUES (42)")
+        # a second handle on the same data dir attaches; its stop() leaves the server up
+        other = EmbeddedPostgres(data_dir)
+        assert other.start() == server.url
+        assert not other.owns_server
+        other.stop()
+        with psycopg.connect(_libpq(server.url)) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert not (data_dir / "postmaster.pid").exists()
+
+    # a crashed run leaves postmaster.pid naming a live pid that is not postgres
+    (data_dir / "postmaster.pid").write_text(
+        f"{os.getpid()}\n{data_dir}\n0\n5432\n\n127.0.0.1\n0 0\nready\n"
+    )
+    with (
+        EmbeddedPostgres(data_dir, durable=False) as server,
+        psycopg.connect(_libpq(server.url)) as conn,
+    ):
+        assert server.owns_server
+        assert conn.execute("SELECT v FROM kept").fetchall() == [(42,)]
+
+
+def test_embedded_postgres_refuses_a_foreign_non_empty_dir(pg_root: Path) -> None:
+    data_dir = pg_root / "data"
+    data_dir.mkdir()
+    (data_dir / "precious.txt").write_text("not a database")
+    with pytest.raises(EmbeddedPostgresError, match="not empty"):
+        EmbeddedPostgres(data_dir).start()
+    assert (data_dir / "precious.txt").read_text() == "not a database"
+
+
+def test_resolve_database_url_uses_settings_or_starts_embedded(pg_root: Path) -> None:
+    explicit = Settings(database_url="postgresql://u:p@db.example:5433/x")
+    assert resolve_database_url(explicit) == "postgresql+psycopg://u:p@db.example:5433/x"
+    with pytest.raises(ValueError, match="not supported"):
+        normalize_url("mysql://u@h/x")
+
+    settings = Settings(data_dir=pg_root / "var")
+    try:
+        url = resolve_database_url(settings)
+        assert resolve_database_url(settings) == url  # one server per process
+        assert (pg_root / "var" / "pg" / "PG_VERSION").exists()
+        with psycopg.connect(_libpq(url)) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == ("splatpack",)
+    finally:
+        shutdown_embedded()
+
+
+def test_migrations_match_the_models_and_are_idempotent(db_url: str) -> None:
+    run_migrations(db_url)  # already at head: a no-op
+    command.check(alembic_config(db_url))  # raises when models and schema differ
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+            enums = set(
+                conn.execute(text("SELECT typname FROM pg_type WHERE typtype = 'e'")).scalars()
+            )
+        assert version == "0001"
+        assert {"job_status", "job_phase"} <= enums
+    finally:
+        engine.dispose()
+
+
+def test_migrations_downgrade_to_base_and_back(db_url: str) -> None:
+    command.downgrade(alembic_config(db_url), "base")
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            tables = set(
+                conn.execute(
+                    text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                ).scalars()
+            )
+        assert tables <= {"alembic_version"}
+    finally:
+        engine.dispose()
+    run_migrations(db_url)
+    command.check(alembic_config(db_url))
+
+
+def test_concurrent_migrations_are_serialised(db_url: str) -> None:
+    """Processes starting at once (API + workers) all upgrade without tripping over each other."""
+    command.downgrade(alembic_config(db_url), "base")
+    code = "import sys; from infra.db import run_migrations; run_migrations(sys.argv[1])"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, db_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    for proc in procs:
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    command.check(alembic_config(db_url))
+
+
+@pytest.mark.parametrize("run", [1, 2])
+def test_each_test_gets_a_fresh_database(session_factory: sessionmaker[Session], run: int) -> None:
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Tenant)) == 0
+        session.add(Tenant(name="same-name-every-run"))
+        session.commit()
+
+
+def test_server_defaults_allow_plain_sql_inserts(session_factory: sessionmaker[Session]) -> None:
+    with session_factory() as session:
+        tenant_id = uuid.uuid4()
+        session.execute(text("INSERT INTO tenants (id, name) VALUES (:id, 't')"), {"id": tenant_id})
+        session.execute(
+            text(
+                "INSERT INTO jobs (id, tenant_id, input_uri, output_prefix) VALUES (:id, :t, 'in', 'out/')"
+            ),
+            {"id": uuid.uuid4(), "t": tenant_id},
+        )
+        job = session.scalars(select(Job)).one()
+        assert (job.status, job.gops_done, job.outputs, job.cancel_requested) == (
+            JobStatus.queued,
+            0,
+            {},
+            False,
+        )
+
+
+def test_api_keys_are_hashed_scoped_and_revocable(session_factory: sessionmaker[Session]) -> None:
+    with session_factory() as session:
+        key_a = create_tenant_key(session, "acme")
+        key_a2 = create_tenant_key(session, "acme")
+        key_b = create_tenant_key(session, "globex")
+        session.commit()
+
+    with session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Tenant)) == 2
+        stored = [k.secret_sha256 for k in session.scalars(select(ApiKey))]
+        assert all(key not in stored and len(h) == 64 for key in (key_a, key_b) for h in stored)
+        tenant_a = authenticate(session, key_a)
+        assert tenant_a is not None and tenant_a.name == "acme"
+        assert authenticate(session, key_a2) is not None
+        tenant_b = authenticate(session, key_b)
+        assert tenant_b is not None and tenant_b.name == "globex"
+        # right prefix, wrong secret; malformed; empty
+        assert authenticate(session, key_a[:-4] + "AAAA") is None
+        assert authenticate(session, "sp_nothex_x") is None
+        assert authenticate(session, "") is None
+        assert revoke_key(session, key_a) is True
+        assert revoke_key(session, key_a) is False
+        session.commit()
+        assert authenticate(session, key_a) is None
+        assert authenticate(session, key_a2) is not None
+        assert [k.revoked_at is not None for k in list_tenant_keys(session, "acme")].count(
+            True
+        ) == 1
+        with pytest.raises(ValueError, match="tenant name"):
+            create_tenant_key(session, "../evil")
+
+
+def test_create_job_builds_prefix_from_ids_and_is_idempotent(
+    session_factory: sessionmaker[Session],
+) -> None:
+    with session_factory() as session:
+        create_tenant_key(session, "a")
+        create_tenant_key(session, "b")
+        tenant_a, tenant_b = (
+            session.scalars(select(Tenant).where(Tenant.name == n)).one() for n in ("a", "b")
+        )
+        first, created = create_or_get_job(
+            session, tenant_a.id, input_uri="in.mp4", idempotency_key="k1", priority=7
+        )
+        assert created and first.output_prefix == f"tenants/{tenant_a.id}/jobs/{first.id}/"
+        again, created_again = create_or_get_job(
+            session, tenant_a.id, input_uri="other.mp4", idempotency_key="k1"
+        )
+        assert (again.id, created_again) == (first.id, False)
+        other_tenant = create_job(session, tenant_b.id, input_uri="in.mp4", idempotency_key="k1")
+        assert other_tenant.id != first.id
+        no_key = create_job(session, tenant_a.id, input_uri="in.mp4")
+        assert no_key.id != first.id and no_key.status == JobStatus.queued
+        with pytest.raises(TypeError, match="output_prefix"):
+            create_job(session, tenant_a.id, input_uri="x", output_prefix="../../etc")
+        session.commit()
+
+
+def test_create_job_idempotency_under_a_concurrent_race(db_url: str) -> None:
+    """Two sessions insert the same key at once: one job, both get its id."""
+    engine = make_engine(db_url)
+    factory = make_session_factory(engine)
+    try:
+        with factory() as session:
+            create_tenant_key(session, "racer")
+            session.commit()
+            tenant_id = session.scalars(select(Tenant.id)).one()
+        first, second = factory(), factory()
+        job_1, created_1 = create_or_get_job(
+            first, tenant_id, input_uri="a", idempotency_key="same"
+        )
+        result: dict[str, object] = {}
+
+        def insert_second() -> None:  # blocks on the unique index until `first` commits
+            job, created = create_or_get_job(
+                second, tenant_id, input_uri="a", idempotency_key="same"
+            )
+            result.update(id=job.id, created=created)
+            second.commit()
+
+        thread = threading.Thread(target=insert_second)
+        thread.start()
+        thread.join(timeout=0.5)
+        assert thread.is_alive(), "the second insert should wait for the first transaction"
+        first.commit()
+        thread.join(timeout=30)
+        assert created_1 and result == {"id": job_1.id, "created": False}
+        with factory() as session:
+            assert session.scalar(select(func.count()).select_from(Job)) == 1
+        first.close()
+        second.close()
+    finally:
+        engine.dispose()

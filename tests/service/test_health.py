@@ -1,0 +1,112 @@
+"""/healthz, /readyz and /metrics (no auth)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from infra.db import make_engine, make_session_factory
+from infra.embedded_pg import find_free_port
+from infra.models import Job, JobGop, JobStatus
+from infra.settings import Settings
+from infra.storage import LocalStorage
+from service.app import create_app
+from tests.service.helpers import FakeClock, bearer, put_upload, submit
+
+
+def test_healthz_and_readyz(client: TestClient) -> None:
+    for prefix in ("", "/v1"):
+        assert client.get(f"{prefix}/healthz").json() == {"status": "ok"}
+        ready = client.get(f"{prefix}/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ready", "checks": {"database": "ok", "storage": "ok"}}
+
+
+def test_readyz_reports_an_unreachable_database(
+    settings: Settings, storage: LocalStorage, clock: FakeClock
+) -> None:
+    dead = make_engine(f"postgresql+psycopg://nobody:x@127.0.0.1:{find_free_port()}/none")
+    app = create_app(
+        settings, session_factory=make_session_factory(dead), storage=storage, clock=clock
+    )
+    try:
+        with TestClient(app) as client:
+            assert client.get("/healthz").status_code == 200
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["status"] == "not_ready"
+            assert ready.json()["checks"]["database"].startswith("unreachable")
+            assert ready.json()["checks"]["storage"] == "ok"
+            metrics = client.get("/metrics")
+            assert metrics.status_code == 200 and "splatpack_metrics_db_up 0.0" in metrics.text
+    finally:
+        dead.dispose()
+
+
+def test_metrics_count_jobs_queue_and_gop_seconds(
+    client: TestClient,
+    make_key: Callable[[str], str],
+    tenant_id: Callable[[str], uuid.UUID],
+    storage: LocalStorage,
+    session_factory: sessionmaker[Session],
+) -> None:
+    key = make_key("a")
+    upload = put_upload(storage, tenant_id("a"))
+    ids = [uuid.UUID(submit(client, key, input=upload)["id"]) for _ in range(4)]
+    with session_factory() as session:
+        session.execute(update(Job).where(Job.id == ids[0]).values(status=JobStatus.running))
+        session.execute(update(Job).where(Job.id == ids[1]).values(status=JobStatus.succeeded))
+        for index, seconds in enumerate([0.3, 4.0, 45.0]):
+            session.add(
+                JobGop(
+                    job_id=ids[1],
+                    gop_index=index,
+                    first_frame=index * 30,
+                    n_frames=30,
+                    payload_key=f"k{index}",
+                    payload_bytes=100,
+                    encode_seconds=seconds,
+                )
+            )
+        session.commit()
+
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    jobs = {s.labels["status"]: s.value for s in families["splatpack_jobs"].samples}
+    assert jobs == {"queued": 2, "running": 1, "succeeded": 1, "failed": 0, "canceled": 0}
+    assert families["splatpack_queue_depth"].samples[0].value == 2
+    histogram = {
+        (s.name, s.labels.get("le")): s.value
+        for s in families["splatpack_gop_encode_seconds"].samples
+    }
+    assert histogram[("splatpack_gop_encode_seconds_bucket", "0.25")] == 0
+    assert histogram[("splatpack_gop_encode_seconds_bucket", "0.5")] == 1
+    assert histogram[("splatpack_gop_encode_seconds_bucket", "5.0")] == 2
+    assert histogram[("splatpack_gop_encode_seconds_bucket", "60.0")] == 3
+    assert histogram[("splatpack_gop_encode_seconds_bucket", "+Inf")] == 3
+    assert histogram[("splatpack_gop_encode_seconds_count", None)] == 3
+    assert histogram[("splatpack_gop_encode_seconds_sum", None)] == 49.3
+
+    client.post(f"/v1/jobs/{ids[2]}/cancel", headers=bearer(key))
+    again = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    assert again["splatpack_queue_depth"].samples[0].value == 1
+
+
+def test_docs_and_unknown_routes(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert "/v1/jobs" in spec["paths"] and "/v1/jobs/{job_id}/cancel" in spec["paths"]
+    missing = client.get("/v1/nothing-here")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    wrong_method = client.put("/v1/jobs")
+    assert (
+        wrong_method.status_code == 405
+        and wrong_method.json()["error"]["code"] == "method_not_allowed"
+    )

@@ -1,0 +1,155 @@
+"""GOP tasks on a real local Ray cluster: encode + store, retries, cancellation.
+
+Failures are injected with the marker files documented in ``workers/gops.py``
+(``settings.fault_dir``): a marker is consumed by the first attempt at its GOP,
+so a retry runs normally.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from codec.config import CodecConfig
+from codec.gop import decode_gop
+from infra.storage import LocalStorage
+from tests.workers.helpers import TINY_CODEC, synthetic_frames
+from workers.gops import plan_gops
+from workers.tasks import GopExecutor, GopTaskError
+
+PREFIX = "jobs/j/"
+
+
+def _settings(tmp_path: Path, **overrides: object) -> object:
+    from infra.settings import Settings
+
+    values: dict[str, object] = {
+        "data_dir": tmp_path / "var",
+        "storage_backend": "local",
+        "storage_root": tmp_path / "storage",
+        "fault_dir": tmp_path / "faults",
+        "gops_in_flight": 2,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _config(gop: int) -> dict[str, object]:
+    return CodecConfig.preset("fast", 1).with_overrides(gop=gop, **TINY_CODEC).to_dict()
+
+
+def _started(tmp_path: Path, index: int) -> list[Path]:
+    return sorted((tmp_path / "faults").glob(f"started-{index:06d}-*"))
+
+
+def _run_all(executor: GopExecutor, frames: np.ndarray, gop: int) -> dict[int, object]:
+    plan = plan_gops(len(frames), gop, PREFIX)
+    results = {}
+    for spec in plan:
+        while executor.full:
+            for r in executor.wait(5.0):
+                results[r.index] = r
+        executor.submit(spec, frames[spec.first_frame : spec.end_frame])
+    while executor.in_flight:
+        for r in executor.wait(5.0):
+            results[r.index] = r
+    return results
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); look at its state
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_gops_encode_on_ray_and_land_in_storage(ray_local: str, tmp_path: Path) -> None:
+    frames = synthetic_frames(5)
+    settings = _settings(tmp_path)
+    executor = GopExecutor(settings, _config(3))  # type: ignore[arg-type]
+    results = _run_all(executor, frames, 3)
+    assert sorted(results) == [0, 1]
+    store = LocalStorage(tmp_path / "storage")
+    assert store.list_keys(PREFIX) == [f"{PREFIX}gops/000000.gop", f"{PREFIX}gops/000001.gop"]
+    for index, n in ((0, 3), (1, 2)):
+        r = results[index]
+        payload = store.get_bytes(r.key)  # type: ignore[attr-defined]
+        assert len(payload) == r.payload_bytes  # type: ignore[attr-defined]
+        assert r.n_frames == n and r.psnr_db > 10  # type: ignore[attr-defined]
+        assert decode_gop(payload).shape == (n, 32, 48, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["raise", "exit"])
+def test_gop_failing_once_is_retried(ray_local: str, tmp_path: Path, fault: str) -> None:
+    frames = synthetic_frames(2)
+    settings = _settings(tmp_path, gop_max_retries=2)
+    (tmp_path / "faults").mkdir()
+    (tmp_path / "faults" / "gop-000000").write_text(fault)
+    executor = GopExecutor(settings, _config(2))  # type: ignore[arg-type]
+    results = _run_all(executor, frames, 2)
+    assert list(results) == [0]
+    assert (tmp_path / "faults" / "gop-000000.consumed").exists()
+    started = _started(tmp_path, 0)
+    assert len(started) == 2  # the failed attempt and the retry
+    if fault == "exit":  # the first worker died; the retry ran in a new process
+        assert started[0].name.split("-")[2] != started[1].name.split("-")[2]
+    assert LocalStorage(tmp_path / "storage").exists(f"{PREFIX}gops/000000.gop")
+
+
+@pytest.mark.slow
+def test_without_retries_the_failure_surfaces(ray_local: str, tmp_path: Path) -> None:
+    settings = _settings(tmp_path, gop_max_retries=0)
+    (tmp_path / "faults").mkdir()
+    (tmp_path / "faults" / "gop-000000").write_text("raise")
+    executor = GopExecutor(settings, _config(2))  # type: ignore[arg-type]
+    with pytest.raises(GopTaskError) as info:
+        _run_all(executor, synthetic_frames(2), 2)
+    assert info.value.retryable
+    assert "injected transient failure" in str(info.value)
+
+
+def test_codec_config_error_is_not_retried(ray_local: str, tmp_path: Path) -> None:
+    settings = _settings(tmp_path, gop_max_retries=3)
+    bad = _config(2)
+    bad["fit"] = {**bad["fit"], "iframe_iters": -5}  # type: ignore[dict-item]
+    executor = GopExecutor(settings, bad)  # type: ignore[arg-type]
+    with pytest.raises(GopTaskError) as info:
+        _run_all(executor, synthetic_frames(2), 2)
+    assert not info.value.retryable
+    assert "iframe_iters" in str(info.value)
+    assert len(_started(tmp_path, 0)) == 1  # ran once: no Ray retry for a config error
+
+
+def test_cancel_kills_running_tasks(ray_local: str, tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    (tmp_path / "faults").mkdir()
+    (tmp_path / "faults" / "gop-000000").write_text("sleep 120")
+    executor = GopExecutor(settings, _config(2))  # type: ignore[arg-type]
+    plan = plan_gops(2, 2, PREFIX)
+    executor.submit(plan.gops[0], synthetic_frames(2))
+    deadline = time.monotonic() + 60
+    while not _started(tmp_path, 0) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    started = _started(tmp_path, 0)
+    assert started, "the GOP task never started"
+    pid = int(started[0].name.split("-")[2])
+    assert _pid_alive(pid)
+    assert executor.cancel_all() == 1
+    deadline = time.monotonic() + 30
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _pid_alive(pid), "ray.cancel(force=True) did not stop the worker"
+    assert executor.in_flight == 0
+    assert not LocalStorage(tmp_path / "storage").exists(plan.gops[0].key)

@@ -1,0 +1,7 @@
+"""``python -m workers``: the same as the ``splatpack`` command."""
+
+import sys
+
+from workers.cli import main
+
+sys.exit(main())

@@ -1,0 +1,331 @@
+"""Assemble GOP payloads into one ``.gsv``, verify it by decoding, and build the job's outputs.
+
+Stages (plain dataclasses, no Ray, no database):
+
+- :class:`AssembleStage`: GOP payloads from storage -> ``.gsv`` file (any order in).
+- :class:`VerifyStage`: decode every GOP of the ``.gsv``, check frame count and
+  size, measure PSNR / MS-SSIM against the source frames, and write the
+  preview video from the same decoded frames (one decode pass).
+- :func:`build_manifest` / :func:`build_report`: the JSON documents uploaded
+  next to the bitstream.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from workers.inputs import JobError
+
+if TYPE_CHECKING:
+    from infra.storage import Storage
+
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GopRecord:
+    """A finished GOP: what the database row (or the task) says about it."""
+
+    index: int
+    first_frame: int
+    n_frames: int
+    key: str
+    payload_bytes: int
+    psnr_db: float | None = None
+    encode_seconds: float | None = None
+
+
+def check_coverage(gops: Sequence[GopRecord], n_frames: int) -> list[GopRecord]:
+    """``gops`` sorted by index, checked to cover frames ``0..n_frames-1`` exactly once."""
+    ordered = sorted(gops, key=lambda g: g.index)
+    expected_first = 0
+    for i, g in enumerate(ordered):
+        if g.index != i or g.first_frame != expected_first or g.n_frames < 1:
+            raise JobError(
+                "gop_missing",
+                f"GOP list has a gap or overlap at GOP {i} (got index {g.index}, first frame "
+                f"{g.first_frame}, expected first frame {expected_first}); the job will retry",
+                retryable=True,
+            )
+        expected_first += g.n_frames
+    if expected_first != n_frames:
+        raise JobError(
+            "gop_missing",
+            f"GOPs cover {expected_first} frames but the job has {n_frames}; the job will retry",
+            retryable=True,
+        )
+    return ordered
+
+
+@dataclass(frozen=True)
+class AssembleStage:
+    """Write the ``.gsv`` from GOP payloads in storage (one payload in memory at a time)."""
+
+    width: int
+    height: int
+    fps: Fraction
+    gop: int
+    codec_params: dict[str, Any]
+
+    def process(
+        self, gops: Sequence[GopRecord], n_frames: int, storage: Storage, out_path: Path
+    ) -> int:
+        """Assemble and return the file size in bytes."""
+        from codec.container import ContainerWriter, StreamHeader
+
+        ordered = check_coverage(gops, n_frames)
+        header = StreamHeader(
+            width=self.width,
+            height=self.height,
+            fps_num=self.fps.numerator,
+            fps_den=self.fps.denominator,
+            gop=self.gop,
+            codec_params=self.codec_params,
+        )
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with ContainerWriter(out_path, header) as writer:
+            # any order is fine for the container; payloads are fetched one at a time
+            for g in ordered:
+                payload = storage.get_bytes(g.key)
+                if len(payload) != g.payload_bytes:
+                    raise JobError(
+                        "gop_missing",
+                        f"GOP {g.index} payload {g.key!r} has {len(payload)} bytes, expected "
+                        f"{g.payload_bytes}; it will be re-encoded on retry",
+                        retryable=True,
+                    )
+                writer.add_gop(g.index, g.first_frame, g.n_frames, payload)
+        return out_path.stat().st_size
+
+
+@dataclass
+class VerifyReport:
+    """What decoding the assembled ``.gsv`` showed."""
+
+    n_frames: int
+    width: int
+    height: int
+    psnr_db: float  # mean of per-frame PSNR (8-bit RGB); inf frames counted as 100 dB
+    psnr_db_min: float
+    ms_ssim: float  # mean of per-frame MS-SSIM
+    ms_ssim_used_ssim_fallback: bool  # frames too small for 5 scales use single-scale SSIM
+    decode_seconds: float
+    per_gop: list[dict[str, float]] = field(default_factory=list)  # index, psnr_db, ms_ssim
+
+
+def _finite_psnr(value: float) -> float:
+    return 100.0 if math.isinf(value) else float(value)
+
+
+@dataclass(frozen=True)
+class VerifyStage:
+    """Decode the whole ``.gsv`` and compare it with the source video."""
+
+    expected_frames: int
+    gop: int
+
+    def process(self, gsv_path: Path, source_path: Path, preview_path: Path | None) -> VerifyReport:
+        from codec.container import ContainerReader
+        from codec.errors import BitstreamError
+
+        try:
+            reader = ContainerReader(gsv_path)
+        except BitstreamError as exc:
+            raise JobError(
+                "verify_failed", f"the assembled bitstream is unreadable: {exc}"
+            ) from exc
+        with reader:
+            return self._verify(reader, source_path, preview_path)
+
+    def _verify(self, reader: Any, source_path: Path, preview_path: Path | None) -> VerifyReport:
+        from codec.errors import BitstreamError, VideoInputError
+        from codec.gop import decode_gop
+        from codec.metrics import ms_ssim, psnr_db
+        from codec.video import VideoWriter, iter_gops
+
+        header = reader.header
+        if reader.n_frames != self.expected_frames:
+            raise JobError(
+                "verify_failed",
+                f"the bitstream holds {reader.n_frames} frames, expected {self.expected_frames}",
+            )
+        fps = Fraction(header.fps_num, header.fps_den)
+        writer = (
+            VideoWriter(preview_path, header.width, header.height, fps)
+            if preview_path is not None
+            else None
+        )
+        psnrs: list[float] = []
+        ssims: list[float] = []
+        fallback = False
+        per_gop: list[dict[str, float]] = []
+        decode_seconds = 0.0
+        source: Iterator[tuple[int, np.ndarray]] = iter_gops(
+            source_path, self.gop, max_frames=self.expected_frames
+        )
+        try:
+            for entry in reader.gops:
+                start = time.perf_counter()
+                try:
+                    recon = decode_gop(reader.read_gop(entry.index))
+                except BitstreamError as exc:
+                    raise JobError(
+                        "verify_failed", f"GOP {entry.index} does not decode: {exc}"
+                    ) from exc
+                decode_seconds += time.perf_counter() - start
+                expected_shape = (entry.n_frames, header.height, header.width, 3)
+                if tuple(recon.shape) != expected_shape:
+                    raise JobError(
+                        "verify_failed",
+                        f"GOP {entry.index} decodes to shape {tuple(recon.shape)}, "
+                        f"expected {expected_shape}",
+                    )
+                try:
+                    first, orig = next(source)
+                except (StopIteration, VideoInputError) as exc:
+                    raise JobError(
+                        "input_corrupt",
+                        f"the source video could not be re-read at GOP {entry.index}: {exc}",
+                    ) from exc
+                if first != entry.first_frame or orig.shape != recon.shape:
+                    raise JobError(
+                        "verify_failed",
+                        f"GOP {entry.index} covers frames from {entry.first_frame} "
+                        f"({entry.n_frames}) but the source GOP starts at {first} "
+                        f"({orig.shape[0]})",
+                    )
+                gop_psnr: list[float] = []
+                gop_ssim: list[float] = []
+                for a, b in zip(orig, recon, strict=True):
+                    gop_psnr.append(_finite_psnr(psnr_db(a, b)))
+                    value, used_fallback = ms_ssim(a, b)
+                    gop_ssim.append(float(value))
+                    fallback = fallback or bool(used_fallback)
+                    if writer is not None:
+                        writer.write(b)
+                psnrs.extend(gop_psnr)
+                ssims.extend(gop_ssim)
+                per_gop.append(
+                    {
+                        "index": float(entry.index),
+                        "psnr_db": float(np.mean(gop_psnr)),
+                        "ms_ssim": float(np.mean(gop_ssim)),
+                    }
+                )
+        finally:
+            if writer is not None:
+                writer.close()
+        return VerifyReport(
+            n_frames=len(psnrs),
+            width=header.width,
+            height=header.height,
+            psnr_db=float(np.mean(psnrs)),
+            psnr_db_min=float(np.min(psnrs)),
+            ms_ssim=float(np.mean(ssims)),
+            ms_ssim_used_ssim_fallback=fallback,
+            decode_seconds=decode_seconds,
+            per_gop=per_gop,
+        )
+
+
+def build_manifest(
+    gsv_path: Path,
+    gops: Sequence[GopRecord],
+    *,
+    job_id: str,
+    video_key: str,
+    verify: VerifyReport | None = None,
+) -> dict[str, Any]:
+    """The GOP list with byte ranges in the ``.gsv`` and per-GOP bits and quality.
+
+    ``chunk_offset`` is where the GOP's chunk starts in the file; its payload is
+    the last ``payload_bytes`` bytes of the chunk (``docs/FORMAT.md``).
+    """
+    from codec.container import ContainerReader
+
+    by_index = {g.index: g for g in gops}
+    quality = {int(q["index"]): q for q in (verify.per_gop if verify else [])}
+    with ContainerReader(gsv_path) as reader:
+        header = reader.header
+        n_frames = reader.n_frames
+        entries: list[dict[str, Any]] = []
+        for entry in reader.gops:
+            g = by_index.get(entry.index)
+            q = quality.get(entry.index, {})
+            pixels = header.width * header.height * entry.n_frames
+            entries.append(
+                {
+                    "index": entry.index,
+                    "first_frame": entry.first_frame,
+                    "n_frames": entry.n_frames,
+                    "chunk_offset": entry.offset,
+                    "payload_bytes": entry.length,
+                    "crc32": entry.crc,
+                    "bits": entry.length * 8,
+                    "bits_per_pixel": entry.length * 8 / pixels if pixels else 0.0,
+                    "encode_psnr_db": g.psnr_db if g else None,
+                    "encode_seconds": g.encode_seconds if g else None,
+                    "psnr_db": q.get("psnr_db"),
+                    "ms_ssim": q.get("ms_ssim"),
+                }
+            )
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "job_id": job_id,
+        "video_key": video_key,
+        "bytes": gsv_path.stat().st_size,
+        "width": header.width,
+        "height": header.height,
+        "fps": f"{header.fps_num}/{header.fps_den}",
+        "gop": header.gop,
+        "n_frames": n_frames,
+        "codec_params": header.codec_params,
+        "gops": entries,
+    }
+
+
+def build_report(
+    *,
+    job_id: str,
+    gsv_bytes: int,
+    width: int,
+    height: int,
+    n_frames: int,
+    gops: Sequence[GopRecord],
+    verify: VerifyReport,
+    timings_s: dict[str, float],
+    config: dict[str, Any],
+    preset: str,
+    quality: int,
+) -> dict[str, Any]:
+    """The quality report: size, bits per pixel, PSNR, MS-SSIM and timings."""
+    pixels = width * height * max(n_frames, 1)
+    encode_psnrs = [g.psnr_db for g in gops if g.psnr_db is not None]
+    return {
+        "job_id": job_id,
+        "width": width,
+        "height": height,
+        "n_frames": n_frames,
+        "n_gops": len(gops),
+        "bytes": gsv_bytes,
+        "bits_per_pixel": gsv_bytes * 8 / pixels,
+        "psnr_db": verify.psnr_db,
+        "psnr_db_min": verify.psnr_db_min,
+        "ms_ssim": verify.ms_ssim,
+        "ms_ssim_used_ssim_fallback": verify.ms_ssim_used_ssim_fallback,
+        "encode_psnr_db": float(np.mean(encode_psnrs)) if encode_psnrs else None,
+        "gop_encode_seconds_total": float(sum(g.encode_seconds or 0.0 for g in gops)),
+        "decode_seconds": verify.decode_seconds,
+        "timings_s": dict(timings_s),
+        "preset": preset,
+        "quality": quality,
+        "config": config,
+    }
