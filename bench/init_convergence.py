@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--megamind-path", type=Path, default=DATA / "Megamind.avi")
     p.add_argument("--megamind-frame", type=int, default=150)
     p.add_argument("--megamind-scale", type=float, default=0.5)
+    p.add_argument(
+        "--megamind-n", type=int, default=1000, help="Gaussians for Megamind (paper: 1000 at 360p)"
+    )
     p.add_argument("--backend", default="torch")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "init_convergence.json")
@@ -158,18 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     cfg = FitConfig()
     backend = get_backend(args.backend)
-    cases: list[tuple[str, np.ndarray]] = [
-        (f"{args.clip.name}#{args.frame}", read_frame(args.clip, args.frame))
-    ]
+    img = read_frame(args.clip, args.frame)
+    h, w = img.shape[:2]
+    n = args.n if args.n is not None else max(1, round(cfg.gaussians_per_kpx * h * w / 1000))
+    cases: list[tuple[str, np.ndarray, int]] = [(f"{args.clip.name}#{args.frame}", img, n)]
     if args.megamind:
         mm = read_frame(args.megamind_path, args.megamind_frame, args.megamind_scale)
-        cases.append((f"{args.megamind_path.name}#{args.megamind_frame}@x{args.megamind_scale}", mm))
+        name = f"{args.megamind_path.name}#{args.megamind_frame}@x{args.megamind_scale}"
+        cases.append((name, mm, args.megamind_n))
 
-    results = []
-    for name, img in cases:
-        h, w = img.shape[:2]
-        n = args.n if args.n is not None else max(1, round(cfg.gaussians_per_kpx * h * w / 1000))
-        results.append(run_case(name, img, n, cfg, backend, args))
+    results = [run_case(name, img, n, cfg, backend, args) for name, img, n in cases]
 
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

@@ -43,10 +43,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import av
 import numpy as np
+from av.video.codeccontext import VideoCodecContext
 
 from codec.errors import CodecConfigError, CodecError
 from codec.metrics import bd_rate, bits_per_pixel, clip_metrics
@@ -116,7 +117,9 @@ def _check_frames(frames: np.ndarray) -> tuple[int, int, int]:
         )
     t, h, w = frames.shape[:3]
     if h % 2 or w % 2:
-        raise CodecConfigError(f"classic codecs here encode {PIX_FMT}; need even width and height, got {w}x{h}")
+        raise CodecConfigError(
+            f"classic codecs here encode {PIX_FMT}; need even width and height, got {w}x{h}"
+        )
     return t, h, w
 
 
@@ -125,7 +128,7 @@ def _encode(
 ) -> tuple[list[av.Packet], float]:
     """Encode uint8 [T, H, W, 3] -> (packets, wall seconds)."""
     t, h, w = frames.shape[:3]
-    enc = av.CodecContext.create(spec.encoder, "w")
+    enc = cast(VideoCodecContext, av.CodecContext.create(spec.encoder, "w"))
     enc.width, enc.height, enc.pix_fmt = w, h, PIX_FMT
     enc.time_base = 1 / rc_fps
     enc.framerate = rc_fps
@@ -144,9 +147,11 @@ def _encode(
     return packets, time.perf_counter() - t0
 
 
-def _decode(packets: list[av.Packet], decoder: str, shape: tuple[int, ...]) -> tuple[np.ndarray, float]:
+def _decode(
+    packets: list[av.Packet], decoder: str, shape: tuple[int, ...]
+) -> tuple[np.ndarray, float]:
     """Decode packets -> (uint8 [T, H, W, 3] RGB, wall seconds)."""
-    dec = av.CodecContext.create(decoder, "r")
+    dec = cast(VideoCodecContext, av.CodecContext.create(decoder, "r"))
     out = np.empty(shape, dtype=np.uint8)
     n = 0
     t0 = time.perf_counter()
@@ -180,7 +185,9 @@ def classic_codec_points(
     if reason is not None:
         raise CodecConfigError(reason)
     if rc_fps <= 0 or x264_sliced_threads < 0:
-        raise CodecConfigError(f"need rc_fps > 0 and x264_sliced_threads >= 0; got {rc_fps}, {x264_sliced_threads}")
+        raise CodecConfigError(
+            f"need rc_fps > 0 and x264_sliced_threads >= 0; got {rc_fps}, {x264_sliced_threads}"
+        )
     t, h, w = _check_frames(frames)
     spec = _SPECS[codec]
     decoder = _decoder_for(spec)
@@ -207,7 +214,9 @@ def classic_codec_points(
                     "pix_fmt": PIX_FMT,
                     "clip_fps": str(Fraction(fps)),
                     "rc_fps": str(Fraction(rc_fps)),
-                    "threads": f"slice x{x264_sliced_threads}" if codec == "x264" and x264_sliced_threads else "frame",
+                    "threads": f"slice x{x264_sliced_threads}"
+                    if codec == "x264" and x264_sliced_threads
+                    else "frame",
                     "n_bytes": n_bytes,
                     "encode_s": enc_s,
                     "decode_s": dec_s,
@@ -245,7 +254,12 @@ def bd_rate_table(points: Sequence[RatePoint]) -> dict[str, dict[str, float | st
                 continue
             a = groups[anchor]
             try:
-                v = bd_rate([p.bpp for p in a], [p.psnr_db for p in a], [p.bpp for p in pts], [p.psnr_db for p in pts])
+                v = bd_rate(
+                    [p.bpp for p in a],
+                    [p.psnr_db for p in a],
+                    [p.bpp for p in pts],
+                    [p.psnr_db for p in pts],
+                )
             except CodecError as exc:
                 row[anchor] = f"n/a: {exc}"
                 continue
@@ -258,12 +272,19 @@ def _fmt(v: float, digits: int) -> str:
     return "-" if not math.isfinite(v) else f"{v:.{digits}f}"
 
 
-def _markdown(points: Sequence[RatePoint], title: str, extra: dict[str, Any], bd: dict[str, dict[str, float | str]]) -> str:
+def _markdown(
+    points: Sequence[RatePoint],
+    title: str,
+    extra: dict[str, Any],
+    bd: dict[str, dict[str, float | str]],
+) -> str:
     lines = [f"# {title}", ""]
     for k, v in extra.items():
         lines.append(f"- {k}: {json.dumps(v) if isinstance(v, dict | list) else v}")
     any_ssim = any(p.extra.get("ms_ssim_is_ssim") for p in points)
-    q_name = "SSIM" if any_ssim and all(p.extra.get("ms_ssim_is_ssim") for p in points) else "MS-SSIM"
+    q_name = (
+        "SSIM" if any_ssim and all(p.extra.get("ms_ssim_is_ssim") for p in points) else "MS-SSIM"
+    )
     lines += [
         "",
         "## Rate points",
@@ -277,7 +298,10 @@ def _markdown(points: Sequence[RatePoint], title: str, extra: dict[str, Any], bd
             f"| {_fmt(p.encode_fps, 1)} | {_fmt(p.decode_fps, 1)} |"
         )
     if any_ssim:
-        lines += ["", "Frames are smaller than MS-SSIM's minimum (161 px on the shorter side): single-scale SSIM is shown."]
+        lines += [
+            "",
+            "Frames are smaller than MS-SSIM's minimum (161 px on the shorter side): single-scale SSIM is shown.",
+        ]
     anchors = [c for c in CLASSIC_CODECS if any(p.codec == c for p in points)]
     if anchors:
         lines += [
@@ -293,7 +317,11 @@ def _markdown(points: Sequence[RatePoint], title: str, extra: dict[str, Any], bd
                 v = row.get(a, "")
                 cells.append("" if a == codec else f"{v:+.2f}%" if isinstance(v, float) else str(v))
             lines.append(f"| {codec} | " + " | ".join(cells) + " |")
-        lines += ["", "\"no overlap\": the PSNR ranges do not overlap; nothing is extrapolated (see rd.png)."]
+        if any(v == "no overlap" for row in bd.values() for v in row.values()):
+            lines += [
+                "",
+                '"no overlap": the PSNR ranges do not overlap; nothing is extrapolated (see rd.png).',
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -318,12 +346,19 @@ def _plot(points: Sequence[RatePoint], title: str, path: Path) -> None:
     fig.savefig(path)
 
 
-def write_report(points: list[RatePoint], out_dir: str | os.PathLike[str], title: str, extra: dict[str, Any]) -> None:
+def write_report(
+    points: list[RatePoint], out_dir: str | os.PathLike[str], title: str, extra: dict[str, Any]
+) -> None:
     """Write ``results.json``, ``results.md`` and ``rd.png`` (PSNR against bpp) into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bd = bd_rate_table(points)
-    doc = {"title": title, "extra": extra, "points": [asdict(p) for p in points], "bd_rate_psnr": bd}
+    doc = {
+        "title": title,
+        "extra": extra,
+        "points": [asdict(p) for p in points],
+        "bd_rate_psnr": bd,
+    }
     (out / "results.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     (out / "results.md").write_text(_markdown(points, title, extra, bd))
     _plot(points, title, out / "rd.png")
@@ -381,12 +416,18 @@ def run_bench(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m codec.bench CLIP --out DIR [--max-frames N]``: classic anchors only."""
-    ap = argparse.ArgumentParser(prog="python -m codec.bench", description=__doc__.split("\n")[0] if __doc__ else None)
+    ap = argparse.ArgumentParser(
+        prog="python -m codec.bench", description=__doc__.split("\n")[0] if __doc__ else None
+    )
     ap.add_argument("clip")
     ap.add_argument("--out", required=True, help="output directory for results.json/md and rd.png")
     ap.add_argument("--max-frames", type=int, default=None)
-    ap.add_argument("--codecs", default=",".join(CLASSIC_CODECS), help="comma-separated classic codecs")
-    ap.add_argument("--x264-sliced-threads", type=int, default=0, help="2 reproduces shared/data/README.md")
+    ap.add_argument(
+        "--codecs", default=",".join(CLASSIC_CODECS), help="comma-separated classic codecs"
+    )
+    ap.add_argument(
+        "--x264-sliced-threads", type=int, default=0, help="2 reproduces shared/data/README.md"
+    )
     args = ap.parse_args(argv)
     try:
         doc = run_bench(

@@ -30,8 +30,9 @@ from torch import Tensor
 from codec.errors import CodecConfigError
 from codec.gaussians import MIN_CHOL_DIAG, SIGMA_CUTOFF_SQ, Gaussians
 
+COVERAGE_CORRECTION = True
 SIGMA_SCALE = 2.0  # Sigma = SIGMA_SCALE * (segment coordinate covariance)
-SLIC_COMPACTNESS = 10.0  # SLIC colour/space trade-off (Lab colour, the scikit-image default scale)
+SLIC_COMPACTNESS = 3.0  # SLIC colour/space trade-off in Lab units (skimage default 10; lower hugs edges)
 # share of a Gaussian's integral inside its 3-sigma ellipse
 TRUNCATED_MASS = 1.0 - math.exp(-0.5 * SIGMA_CUTOFF_SQ)
 PIXEL_VAR = 1.0 / 12.0  # variance of a uniform pixel footprint, px^2
@@ -219,6 +220,16 @@ def _gaussians_from_labels(
     det_sqrt = l11 * l22  # sqrt(det Sigma)
     amplitude = area / (2.0 * math.pi * det_sqrt * TRUNCATED_MASS)
     rgb = mean_rgb * amplitude[:, None]
+    if COVERAGE_CORRECTION:
+        from codec.render import get_backend
+        unit = Gaussians(
+            torch.from_numpy(np.stack([mx, my], axis=1)).float(),
+            torch.from_numpy(np.stack([l11, l21, l22], axis=1)).float(),
+            torch.from_numpy(np.repeat(amplitude[:, None], 3, axis=1)).float(),
+        )
+        cov = get_backend("torch").render_nograd(unit, h, w)[..., 0].numpy().reshape(-1)[inside]
+        kbar = seg_sum(cov.astype(np.float64)) / area
+        rgb = rgb / np.maximum(kbar, 0.25)[:, None]
 
     def t(a: NDArray[np.float64]) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))

@@ -41,7 +41,9 @@ def _check_pair(a: np.ndarray, b: np.ndarray, what: str) -> None:
     if a.shape != b.shape:
         raise CodecConfigError(f"{what} needs equal shapes; got {a.shape} and {b.shape}")
     if a.ndim < 3 or a.shape[-1] != 3 or a.shape[-2] == 0 or a.shape[-3] == 0:
-        raise CodecConfigError(f"{what} needs RGB frames [..., H, W, 3] with H, W >= 1; got {a.shape}")
+        raise CodecConfigError(
+            f"{what} needs RGB frames [..., H, W, 3] with H, W >= 1; got {a.shape}"
+        )
 
 
 def psnr_db(a_u8: np.ndarray, b_u8: np.ndarray) -> float:
@@ -100,7 +102,9 @@ def clip_metrics(orig: np.ndarray, recon: np.ndarray) -> dict[str, Any]:
     """
     _check_pair(orig, recon, "clip_metrics")
     if orig.ndim != 4 or orig.shape[0] == 0:
-        raise CodecConfigError(f"clip_metrics needs clips [T, H, W, 3] with T >= 1; got {orig.shape}")
+        raise CodecConfigError(
+            f"clip_metrics needs clips [T, H, W, 3] with T >= 1; got {orig.shape}"
+        )
     psnrs = [psnr_db(a, b) for a, b in zip(orig, recon, strict=True)]
     ssims: list[float] = []
     fallback = False
@@ -127,7 +131,9 @@ def bits_per_pixel(n_bytes: int, width: int, height: int, n_frames: int) -> floa
     return n_bytes * 8.0 / (width * height * n_frames)
 
 
-def _rd_curve(rates: Sequence[float], psnr: Sequence[float], name: str) -> tuple[np.ndarray, np.ndarray]:
+def _rd_curve(
+    rates: Sequence[float], psnr: Sequence[float], name: str
+) -> tuple[np.ndarray, np.ndarray]:
     r = np.asarray(rates, dtype=np.float64)
     p = np.asarray(psnr, dtype=np.float64)
     if r.ndim != 1 or r.shape != p.shape:

@@ -32,13 +32,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 
 import av
-import av.codec.context
 import av.container
 import av.video.stream
 import numpy as np
+from av.video.codeccontext import VideoCodecContext
 
 from codec.errors import CodecConfigError, CodecError, VideoInputError
 
@@ -172,7 +172,9 @@ def _check_y4m_complete(path: PathLike, n_frames: int, frame_bytes: int) -> None
 
 def _check_max_frames(max_frames: int | None) -> None:
     if max_frames is not None and max_frames < 1:
-        raise CodecConfigError(f"max_frames={max_frames!r} is out of range; use None or an int >= 1")
+        raise CodecConfigError(
+            f"max_frames={max_frames!r} is out of range; use None or an int >= 1"
+        )
 
 
 def probe(path: PathLike) -> VideoInfo:
@@ -337,7 +339,9 @@ def read_frames(path: PathLike, start: int, count: int) -> np.ndarray:
     check fails, it decodes from the first frame.
     """
     if start < 0 or count < 1:
-        raise CodecConfigError(f"read_frames(start={start}, count={count}): need start >= 0, count >= 1")
+        raise CodecConfigError(
+            f"read_frames(start={start}, count={count}): need start >= 0, count >= 1"
+        )
     frames: list[np.ndarray] | None = None
     if start > 0:
         index = _pts_index(path)
@@ -444,7 +448,7 @@ class VideoWriter:
         self._mp4_stream: av.video.stream.VideoStream | None = None
         self._y4m: IO[bytes] | None = None
         self._y4m_format: Y4mFormat = y4m_format
-        self._png: av.codec.context.CodecContext | None = None
+        self._png: VideoCodecContext | None = None
         if suffix == ".mp4":
             self._open_mp4(crf)
         elif suffix == ".y4m":
@@ -472,13 +476,18 @@ class VideoWriter:
         self._mp4, self._mp4_stream = container, stream
 
     def _open_png_dir(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise CodecConfigError(
+                f"cannot write PNG frames into {os.fspath(self.path)!r}: it is a file; "
+                "name a .mp4 or .y4m file or a directory"
+            )
         self.path.mkdir(parents=True, exist_ok=True)
         if any(self.path.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png")):
             raise CodecConfigError(
                 f"output directory {os.fspath(self.path)!r} already holds numbered PNG frames; "
                 "choose an empty or new directory"
             )
-        png = av.CodecContext.create("png", "w")
+        png = cast(VideoCodecContext, av.CodecContext.create("png", "w"))
         png.width, png.height, png.pix_fmt = self.width, self.height, "rgb24"
         png.time_base = 1 / self.fps
         self._png = png

@@ -18,7 +18,13 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from infra.db import make_engine, make_session_factory, resolve_database_url, run_migrations
+from infra.db import (
+    make_engine,
+    make_session_factory,
+    resolve_database_url,
+    run_migrations,
+    shutdown_embedded,
+)
 from infra.settings import Settings, get_settings
 from infra.storage import Storage, make_storage
 from service.deps import Clock, utc_now
@@ -70,6 +76,9 @@ def create_app(
                     await task
             if owned_engine is not None:
                 owned_engine.dispose()
+                # uvicorn re-raises SIGTERM after shutdown, so atexit never runs: stop the
+                # embedded server (if this process started it) here
+                shutdown_embedded()
 
     app = FastAPI(
         title="splatpack",

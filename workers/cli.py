@@ -232,9 +232,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _error(f"{path} does not exist or is not a file")
     with _client(args) as client:
         upload = client.upload(path)
-        input_uri = upload.get("input_uri") or upload.get("key")
         job = client.create_job(
-            input_uri,
+            str(upload["key"]),
             preset=args.preset,
             quality=args.quality,
             gop=args.gop,

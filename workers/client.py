@@ -1,7 +1,8 @@
 """A small synchronous client for the splatpack REST API (used by ``splatpack submit``/``jobs``).
 
 Talks HTTP only (no service imports). The API key goes in
-``Authorization: Bearer <key>``.
+``Authorization: Bearer <key>``. Errors come back as
+``{"error": {"code", "message"}}`` and are raised as :class:`ApiError`.
 """
 
 from __future__ import annotations
@@ -29,16 +30,17 @@ class ApiError(RuntimeError):
 
 
 def _detail(resp: httpx.Response) -> str:
+    """The API's ``{"error": {"code", "message"}}`` as ``code: message``."""
     try:
         body = resp.json()
     except ValueError:
         return resp.text[:500] or resp.reason_phrase
     if isinstance(body, dict):
-        detail = body.get("detail", body)
-        if isinstance(detail, dict) and "message" in detail:
-            code = detail.get("code")
-            return f"{code}: {detail['message']}" if code else str(detail["message"])
-        return str(detail)
+        error = body.get("error", body.get("detail", body))
+        if isinstance(error, dict) and "message" in error:
+            code = error.get("code")
+            return f"{code}: {error['message']}" if code else str(error["message"])
+        return str(error)
     return str(body)
 
 
@@ -81,25 +83,37 @@ class SplatpackClient:
 
     # uploads and jobs ---------------------------------------------------------
     def upload(self, path: str | os.PathLike[str]) -> dict[str, Any]:
-        """POST the file to ``/v1/uploads`` (multipart); returns the upload (with ``input_uri``)."""
+        """POST the file to ``/v1/uploads`` (multipart ``file``); returns it (``key`` is the input)."""
         p = Path(path)
         ctype = mimetypes.guess_type(p.name)[0] or "application/octet-stream"
         with open(p, "rb") as fh:
             resp = self._http.post("/v1/uploads", files={"file": (p.name, fh, ctype)})
         return dict(self._json(resp))
 
-    def create_job(self, input_uri: str, **fields: Any) -> dict[str, Any]:
+    def create_job(self, input_ref: str, **fields: Any) -> dict[str, Any]:
         """POST ``/v1/jobs``; ``fields``: preset, quality, gop, max_frames, priority, callback_url, ..."""
-        body = {"input_uri": input_uri, **{k: v for k, v in fields.items() if v is not None}}
+        body = {"input": input_ref, **{k: v for k, v in fields.items() if v is not None}}
         return dict(self._json(self._http.post("/v1/jobs", json=body)))
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         return dict(self._json(self._http.get(f"/v1/jobs/{job_id}")))
 
-    def list_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
-        data = self._json(self._http.get("/v1/jobs", params={"limit": limit}))
-        items = data.get("items", data) if isinstance(data, dict) else data
-        return [dict(j) for j in items]
+    def list_jobs(self, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` jobs (following ``next_cursor`` pages as needed)."""
+        jobs: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while len(jobs) < limit:
+            params: dict[str, Any] = {"limit": min(200, limit - len(jobs))}
+            if status:
+                params["status"] = status
+            if cursor:
+                params["cursor"] = cursor
+            page = self._json(self._http.get("/v1/jobs", params=params))
+            jobs.extend(dict(j) for j in page.get("items", []))
+            cursor = page.get("next_cursor")
+            if not cursor:
+                break
+        return jobs
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return dict(self._json(self._http.post(f"/v1/jobs/{job_id}/cancel")))
@@ -141,9 +155,8 @@ class SplatpackClient:
         out.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
         outputs = job.get("outputs") or {}
-        for name, ref in outputs.items():
-            key = ref.get("key", "") if isinstance(ref, dict) else str(ref)
-            filename = Path(key).name or name
+        for name, key in outputs.items():
+            filename = Path(str(key)).name or name
             target = out / filename
             tmp = target.with_name(f".{target.name}.part")
             with open(tmp, "wb") as fh:

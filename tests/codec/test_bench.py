@@ -102,6 +102,7 @@ def test_run_bench_writes_json_md_png(tmp_path: Path, x264_points: list[RatePoin
     md = (out / "results.md").read_text()
     assert "| x264 | 23 |" in md and "| gauss | 0 |" in md
     assert "| codec | vs x264 |" in md and "single-scale SSIM" in md
+    assert "no overlap" not in md
     assert (out / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -126,6 +127,13 @@ def test_odd_sized_clip_marks_classic_codecs_unavailable(tmp_path: Path) -> None
         w.write(np.zeros((23, 37, 3), np.uint8))
     doc = run_bench(clip, tmp_path / "r", None, None, classic=("x264",))
     assert "even width and height" in doc["extra"]["unavailable"]["x264"]
+
+
+def test_report_says_no_overlap(tmp_path: Path, x264_points: list[RatePoint]) -> None:
+    far = [replace(p, codec="far", psnr_db=p.psnr_db + 100) for p in x264_points]
+    write_report(x264_points + far, tmp_path, "t", {})
+    md = (tmp_path / "results.md").read_text()
+    assert "| far | no overlap |" in md and "nothing is extrapolated" in md
 
 
 def test_write_report_without_points(tmp_path: Path) -> None:

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from codec.gaussians import Gaussians
-from codec.render import get_backend
+from codec.render import get_backend, torch_tiles
 from codec.render.dense import DenseBackend, render_dense
-from codec.render import torch_tiles
 from codec.render.torch_tiles import TorchTileBackend, pixel_boxes
 
 BACKEND = TorchTileBackend()

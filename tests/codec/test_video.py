@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from fractions import Fraction
 from pathlib import Path
 
@@ -314,7 +315,5 @@ def test_corrupt_data_never_leaks_a_pyav_error(tmp_path: Path, small_mp4: Path) 
         lambda p: read_frames(p, 5, 3),
         count_frames,
     ):
-        try:
+        with contextlib.suppress(VideoInputError):  # any other exception fails the test
             read(path)
-        except VideoInputError:
-            pass  # any other exception type fails the test

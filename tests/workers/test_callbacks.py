@@ -63,7 +63,9 @@ def test_retries_with_exponential_backoff_until_delivered(receiver_factory: Any)
     rx = receiver_factory([503, 500, 200])
     waits: list[float] = []
     delivery = CallbackDelivery(max_tries=5, base_delay_s=0.01, max_delay_s=1.0)
-    status, tries = delivery.deliver(rx.url, {"id": "j1", "status": "succeeded"}, sleep=waits.append)
+    status, tries = delivery.deliver(
+        rx.url, {"id": "j1", "status": "succeeded"}, sleep=waits.append
+    )
     assert (status, tries) == (DELIVERED, 3)
     assert waits == [0.01, 0.02]
     assert [b["id"] for b in rx.bodies] == ["j1", "j1", "j1"]

@@ -92,7 +92,9 @@ def test_job_runs_to_success_with_outputs_and_callback(
             assert len(payload) == g["payload_bytes"] and g["bits"] == len(payload) * 8
             header_sizes.add(data.index(payload, off) - off)
             assert g["psnr_db"] > 10 and 0 < g["ms_ssim"] <= 1
-    assert len(header_sizes) == 1 and header_sizes.pop() < 64  # payload right after its chunk header
+    assert (
+        len(header_sizes) == 1 and header_sizes.pop() < 64
+    )  # payload right after its chunk header
 
     report = json.loads(store.get_bytes(job.outputs["report"]))
     assert report == job.report
@@ -109,7 +111,11 @@ def test_job_runs_to_success_with_outputs_and_callback(
     assert (info.width, info.height) == (48, 32) and info.n_frames == 7
 
     rows = _gop_rows(session_factory, job_id)
-    assert [(r.gop_index, r.first_frame, r.n_frames) for r in rows] == [(0, 0, 3), (1, 3, 3), (2, 6, 1)]
+    assert [(r.gop_index, r.first_frame, r.n_frames) for r in rows] == [
+        (0, 0, 3),
+        (1, 3, 3),
+        (2, 6, 1),
+    ]
     assert store.list_keys(f"{job.output_prefix}gops/") == []  # per-GOP payloads cleaned up
 
     assert get_job(session_factory, job_id).callback_status == "delivered"

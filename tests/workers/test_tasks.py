@@ -10,24 +10,24 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from codec.config import CodecConfig
 from codec.gop import decode_gop
+from infra.settings import Settings
 from infra.storage import LocalStorage
 from tests.workers.helpers import TINY_CODEC, synthetic_frames
-from workers.gops import plan_gops
+from workers.gops import GopResult, plan_gops
 from workers.tasks import GopExecutor, GopTaskError
 
 PREFIX = "jobs/j/"
 
 
-def _settings(tmp_path: Path, **overrides: object) -> object:
-    from infra.settings import Settings
-
-    values: dict[str, object] = {
+def _settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
         "data_dir": tmp_path / "var",
         "storage_backend": "local",
         "storage_root": tmp_path / "storage",
@@ -35,10 +35,10 @@ def _settings(tmp_path: Path, **overrides: object) -> object:
         "gops_in_flight": 2,
     }
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings(**values)
 
 
-def _config(gop: int) -> dict[str, object]:
+def _config(gop: int) -> dict[str, Any]:
     return CodecConfig.preset("fast", 1).with_overrides(gop=gop, **TINY_CODEC).to_dict()
 
 
@@ -46,7 +46,7 @@ def _started(tmp_path: Path, index: int) -> list[Path]:
     return sorted((tmp_path / "faults").glob(f"started-{index:06d}-*"))
 
 
-def _run_all(executor: GopExecutor, frames: np.ndarray, gop: int) -> dict[int, object]:
+def _run_all(executor: GopExecutor, frames: np.ndarray, gop: int) -> dict[int, GopResult]:
     plan = plan_gops(len(frames), gop, PREFIX)
     results = {}
     for spec in plan:
@@ -77,16 +77,16 @@ def _pid_alive(pid: int) -> bool:
 def test_gops_encode_on_ray_and_land_in_storage(ray_local: str, tmp_path: Path) -> None:
     frames = synthetic_frames(5)
     settings = _settings(tmp_path)
-    executor = GopExecutor(settings, _config(3))  # type: ignore[arg-type]
+    executor = GopExecutor(settings, _config(3))
     results = _run_all(executor, frames, 3)
     assert sorted(results) == [0, 1]
     store = LocalStorage(tmp_path / "storage")
     assert store.list_keys(PREFIX) == [f"{PREFIX}gops/000000.gop", f"{PREFIX}gops/000001.gop"]
     for index, n in ((0, 3), (1, 2)):
         r = results[index]
-        payload = store.get_bytes(r.key)  # type: ignore[attr-defined]
-        assert len(payload) == r.payload_bytes  # type: ignore[attr-defined]
-        assert r.n_frames == n and r.psnr_db > 10  # type: ignore[attr-defined]
+        payload = store.get_bytes(r.key)
+        assert len(payload) == r.payload_bytes
+        assert r.n_frames == n and r.psnr_db > 10
         assert decode_gop(payload).shape == (n, 32, 48, 3)
 
 
@@ -97,7 +97,7 @@ def test_gop_failing_once_is_retried(ray_local: str, tmp_path: Path, fault: str)
     settings = _settings(tmp_path, gop_max_retries=2)
     (tmp_path / "faults").mkdir()
     (tmp_path / "faults" / "gop-000000").write_text(fault)
-    executor = GopExecutor(settings, _config(2))  # type: ignore[arg-type]
+    executor = GopExecutor(settings, _config(2))
     results = _run_all(executor, frames, 2)
     assert list(results) == [0]
     assert (tmp_path / "faults" / "gop-000000.consumed").exists()
@@ -113,7 +113,7 @@ def test_without_retries_the_failure_surfaces(ray_local: str, tmp_path: Path) ->
     settings = _settings(tmp_path, gop_max_retries=0)
     (tmp_path / "faults").mkdir()
     (tmp_path / "faults" / "gop-000000").write_text("raise")
-    executor = GopExecutor(settings, _config(2))  # type: ignore[arg-type]
+    executor = GopExecutor(settings, _config(2))
     with pytest.raises(GopTaskError) as info:
         _run_all(executor, synthetic_frames(2), 2)
     assert info.value.retryable
@@ -123,8 +123,8 @@ def test_without_retries_the_failure_surfaces(ray_local: str, tmp_path: Path) ->
 def test_codec_config_error_is_not_retried(ray_local: str, tmp_path: Path) -> None:
     settings = _settings(tmp_path, gop_max_retries=3)
     bad = _config(2)
-    bad["fit"] = {**bad["fit"], "iframe_iters": -5}  # type: ignore[dict-item]
-    executor = GopExecutor(settings, bad)  # type: ignore[arg-type]
+    bad["fit"] = {**bad["fit"], "iframe_iters": -5}
+    executor = GopExecutor(settings, bad)
     with pytest.raises(GopTaskError) as info:
         _run_all(executor, synthetic_frames(2), 2)
     assert not info.value.retryable
@@ -136,7 +136,7 @@ def test_cancel_kills_running_tasks(ray_local: str, tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     (tmp_path / "faults").mkdir()
     (tmp_path / "faults" / "gop-000000").write_text("sleep 120")
-    executor = GopExecutor(settings, _config(2))  # type: ignore[arg-type]
+    executor = GopExecutor(settings, _config(2))
     plan = plan_gops(2, 2, PREFIX)
     executor.submit(plan.gops[0], synthetic_frames(2))
     deadline = time.monotonic() + 60
