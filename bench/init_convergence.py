@@ -49,7 +49,7 @@ def read_frame(path: Path, index: int, scale: float = 1.0) -> np.ndarray:
     with av.open(str(path)) as container:
         for i, fr in enumerate(container.decode(video=0)):
             if i == index:
-                img = fr.to_ndarray(format="rgb24")
+                img: np.ndarray = fr.to_ndarray(format="rgb24")
                 break
         else:
             raise SystemExit(f"{path} has no frame {index}")
@@ -73,7 +73,9 @@ def run_case(
     frame = torch.from_numpy(frame_u8).to(torch.float32) / 255.0
     h, w, _ = frame.shape
 
-    def measure(init: Gaussians, init_ms: float, run_cfg: FitConfig, max_iters: int) -> dict[str, Any]:
+    def measure(
+        init: Gaussians, init_ms: float, run_cfg: FitConfig, max_iters: int
+    ) -> dict[str, Any]:
         start = time.perf_counter()
         iters = iters_to_psnr(frame, init, run_cfg, backend, args.target_db, max_iters)
         return {
@@ -132,7 +134,9 @@ def run_case(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--clip", type=Path, default=DATA / "carphone_pristine.mp4")
     p.add_argument("--frame", type=int, default=0, help="frame index in --clip")
     p.add_argument("--n", type=int, default=None, help="Gaussians (default: FitConfig density)")
@@ -184,11 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
-    print(f"\n{'case':<34} {'N':>5} {'sp init dB':>10} {'sp iters':>9} {'rnd iters':>10} {'ratio':>7}  ok")
+    print(
+        f"\n{'case':<34} {'N':>5} {'sp init dB':>10} {'sp iters':>9} {'rnd iters':>10} {'ratio':>7}  ok"
+    )
     for r in results:
         sp = r["superpixel"]
         ratio = r["ratio_random_over_superpixel"]
-        ratio_s = "-" if ratio is None else (">=" if r["ratio_is_lower_bound"] else "") + f"{ratio:.1f}"
+        ratio_s = (
+            "-" if ratio is None else (">=" if r["ratio_is_lower_bound"] else "") + f"{ratio:.1f}"
+        )
         rnd = r["random_iters_median"]
         print(
             f"{r['name']:<34} {r['n_gaussians']:>5} {sp['init_psnr_db']:>10.2f} {str(sp['iters']):>9} "

@@ -9,7 +9,14 @@ integral over the plane is ``rgb * 2 pi sqrt(det Sigma)``, and setting that equa
 to the segment's colour mass ``mean_colour * area`` makes the overlapping sum
 reproduce the local mean colour. Sigma is the segment covariance scaled by
 ``sigma_scale`` (> 1) so neighbouring Gaussians overlap enough for their sum to
-be flat inside uniform regions instead of rippled.
+be nearly flat inside uniform regions instead of rippled. One rendering of these
+mass-normalised kernels (the coverage) then corrects each colour for what the
+overlap sum still misses in its segment: the frame border, where no Gaussians
+lie outside, and the residual ripple.
+
+SLIC runs with a low compactness so segments follow colour edges; that gives
+Gaussians elongated along edges and cut fitting to 30 dB on carphone by a
+third against scikit-image's default compactness (bench/init_convergence.py).
 
 ROI helpers: :func:`load_roi_mask` reads a user mask image, :func:`detect_face_roi`
 finds a head-and-shoulders box with a frontal-face cascade.
@@ -29,12 +36,15 @@ from torch import Tensor
 
 from codec.errors import CodecConfigError
 from codec.gaussians import MIN_CHOL_DIAG, SIGMA_CUTOFF_SQ, Gaussians
+from codec.render import RenderBackend, get_backend
 
-COVERAGE_CORRECTION = True
 SIGMA_SCALE = 2.0  # Sigma = SIGMA_SCALE * (segment coordinate covariance)
-SLIC_COMPACTNESS = 3.0  # SLIC colour/space trade-off in Lab units (skimage default 10; lower hugs edges)
+SLIC_COMPACTNESS = (
+    3.0  # SLIC colour/space trade-off in Lab units (skimage default 10; lower hugs edges)
+)
 # share of a Gaussian's integral inside its 3-sigma ellipse
 TRUNCATED_MASS = 1.0 - math.exp(-0.5 * SIGMA_CUTOFF_SQ)
+MIN_COVERAGE = 0.25  # the colour correction never divides by less than this
 PIXEL_VAR = 1.0 / 12.0  # variance of a uniform pixel footprint, px^2
 FACE_MIN_SIDE_FRAC = 0.1  # smallest face searched, as a share of the shorter frame side
 FACE_DETECT_MAX_SIDE = 360  # detection runs on frames downscaled to at most this shorter side
@@ -188,16 +198,22 @@ def _segment_part(img: FloatImage, n: int, mask: BoolImage | None) -> NDArray[np
 
 
 def _gaussians_from_labels(
-    img: FloatImage, labels: NDArray[np.int64], n: int, sigma_scale: float
+    img: FloatImage, labels: NDArray[np.int64], n: int, sigma_scale: float, backend: RenderBackend
 ) -> Gaussians:
-    """One Gaussian per label 0..n-1 from the segment moments (pixel centres at +0.5)."""
+    """One Gaussian per label 0..n-1 (label -1: no segment) from the segment moments.
+
+    Centre = centroid of the pixel centres (+0.5), Sigma = ``sigma_scale`` * (coordinate
+    covariance + a pixel's own 1/12 px^2). Colour = mean colour * A / (2 pi sqrt(det Sigma) m),
+    where m is the share of the mass inside 3 sigma, so each Gaussian carries its segment's
+    colour mass; then divided by the mean, over the segment, of the coverage (the sum of all
+    these mass-normalised kernels, ~1 inside the frame, lower near its border and between
+    ripples), so the rendered segment mean matches the true one.
+    """
     h, w, _ = img.shape
     ys, xs = np.divmod(np.arange(h * w, dtype=np.float64), w)
-    xs += 0.5
-    ys += 0.5
     inside = labels >= 0
     lab = labels[inside]
-    x, y = xs[inside], ys[inside]
+    x, y = xs[inside] + 0.5, ys[inside] + 0.5
     col = img.reshape(-1, 3)[inside].astype(np.float64)
 
     def seg_sum(v: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -207,38 +223,26 @@ def _gaussians_from_labels(
     if np.any(area <= 0):  # cannot happen: every id keeps its pixels through merge/split
         raise AssertionError("empty segment after merge/split")
     mx, my = seg_sum(x) / area, seg_sum(y) / area
-    sxx = seg_sum(x * x) / area - mx * mx + PIXEL_VAR
-    syy = seg_sum(y * y) / area - my * my + PIXEL_VAR
-    sxy = seg_sum(x * y) / area - mx * my
+    sxx = sigma_scale * (seg_sum(x * x) / area - mx * mx + PIXEL_VAR)
+    syy = sigma_scale * (seg_sum(y * y) / area - my * my + PIXEL_VAR)
+    sxy = sigma_scale * (seg_sum(x * y) / area - mx * my)
     mean_rgb = np.stack([seg_sum(col[:, c]) for c in range(3)], axis=1) / area[:, None]
 
-    # Sigma = s * C; Cholesky by hand, with the diagonal kept >= MIN_CHOL_DIAG.
-    sxx, sxy, syy = sigma_scale * sxx, sigma_scale * sxy, sigma_scale * syy
+    # Cholesky of Sigma by hand, the diagonal kept >= MIN_CHOL_DIAG.
     l11 = np.sqrt(np.maximum(sxx, MIN_CHOL_DIAG**2))
     l21 = sxy / l11
     l22 = np.sqrt(np.maximum(syy - l21 * l21, MIN_CHOL_DIAG**2))
-    det_sqrt = l11 * l22  # sqrt(det Sigma)
-    amplitude = area / (2.0 * math.pi * det_sqrt * TRUNCATED_MASS)
-    rgb = mean_rgb * amplitude[:, None]
-    if COVERAGE_CORRECTION:
-        from codec.render import get_backend
-        unit = Gaussians(
-            torch.from_numpy(np.stack([mx, my], axis=1)).float(),
-            torch.from_numpy(np.stack([l11, l21, l22], axis=1)).float(),
-            torch.from_numpy(np.repeat(amplitude[:, None], 3, axis=1)).float(),
-        )
-        cov = get_backend("torch").render_nograd(unit, h, w)[..., 0].numpy().reshape(-1)[inside]
-        kbar = seg_sum(cov.astype(np.float64)) / area
-        rgb = rgb / np.maximum(kbar, 0.25)[:, None]
+    amplitude = area / (2.0 * math.pi * l11 * l22 * TRUNCATED_MASS)  # l11 l22 = sqrt(det Sigma)
 
     def t(a: NDArray[np.float64]) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
-    return Gaussians(
-        xy_px=t(np.stack([mx, my], axis=1)),
-        chol=t(np.stack([l11, l21, l22], axis=1)),
-        rgb=t(rgb),
-    )
+    xy, chol = t(np.stack([mx, my], axis=1)), t(np.stack([l11, l21, l22], axis=1))
+    unit = Gaussians(xy, chol, t(np.repeat(amplitude[:, None], 3, axis=1)))
+    coverage = backend.render_nograd(unit, h, w)[..., 0].cpu().numpy().reshape(-1)[inside]
+    mean_cov = seg_sum(coverage.astype(np.float64)) / area
+    rgb = mean_rgb * (amplitude / np.maximum(mean_cov, MIN_COVERAGE))[:, None]
+    return Gaussians(xy_px=xy, chol=chol, rgb=t(rgb))
 
 
 def superpixel_init(
@@ -249,14 +253,17 @@ def superpixel_init(
     roi_share: float = 0.5,
     generator: torch.Generator | None = None,
     sigma_scale: float = SIGMA_SCALE,
+    backend: RenderBackend | None = None,
 ) -> Gaussians:
     """Exactly ``n`` Gaussians from SLIC superpixels of ``frame`` (float32 [H, W, 3] in [0, 1]).
 
     With ``roi_mask`` (bool [H, W]), ``round(roi_share * n)`` Gaussians come from superpixels
-    of the ROI and the rest from the background, each part segmented on its own. SLIC gives
-    roughly the requested count; the exact count comes from merging the smallest segments or
-    splitting the worst-fitting ones. The procedure is deterministic, so ``generator`` is
-    accepted only for symmetry with :func:`random_init`. Tensors are float32 on the CPU.
+    of the ROI and the rest from the background, each part segmented on its own (ROI rows
+    first). SLIC gives roughly the requested count; the exact count comes from merging the
+    smallest segments or splitting the worst-fitting ones. ``backend`` (default ``torch``)
+    renders the coverage once for the colour correction. The procedure is deterministic, so
+    ``generator`` is accepted only for symmetry with :func:`random_init`. Tensors are float32
+    on the CPU.
     """
     del generator  # deterministic: SLIC seeds on a grid (and with a fixed seed under a mask)
     img = _as_numpy_frame(frame)
@@ -270,24 +277,27 @@ def superpixel_init(
     if sigma_scale <= 0:
         raise CodecConfigError(f"sigma_scale={sigma_scale} must be positive")
     img = np.clip(img, 0.0, 1.0)
+    if backend is None:
+        backend = get_backend("torch")
 
     roi = _as_numpy_mask(roi_mask, (h, w)) if roi_mask is not None else None
     if roi is None or not roi.any() or roi.all():
         labels = _segment_part(img, n, None)
-        return _gaussians_from_labels(img, labels, n, sigma_scale)
-
-    n_roi_px, n_bg_px = int(roi.sum()), int((~roi).sum())
-    n_roi = min(max(round(roi_share * n), 0), n_roi_px)
-    n_bg = n - n_roi
-    if n_bg > n_bg_px:  # the background is too small for its share: give the rest to the ROI
-        n_bg = n_bg_px
-        n_roi = n - n_bg
-    parts: list[Gaussians] = []
-    for mask, count in ((roi, n_roi), (~roi, n_bg)):
-        if count > 0:
-            labels = _segment_part(img, count, mask)
-            parts.append(_gaussians_from_labels(img, labels, count, sigma_scale))
-    return Gaussians.cat(parts)
+    else:
+        n_roi_px, n_bg_px = int(roi.sum()), int((~roi).sum())
+        n_roi = min(round(roi_share * n), n_roi_px)
+        n_bg = n - n_roi
+        if n_bg > n_bg_px:  # the background is too small for its share: give the rest to the ROI
+            n_bg = n_bg_px
+            n_roi = n - n_bg
+        labels = np.full(h * w, -1, dtype=np.int64)
+        offset = 0
+        for mask, count in ((roi, n_roi), (~roi, n_bg)):
+            if count > 0:
+                part = _segment_part(img, count, mask)
+                labels[part >= 0] = part[part >= 0] + offset
+                offset += count
+    return _gaussians_from_labels(img, labels, n, sigma_scale, backend)
 
 
 def random_init(

@@ -113,7 +113,7 @@ class VerifyReport:
     n_frames: int
     width: int
     height: int
-    psnr_db: float  # mean of per-frame PSNR (8-bit RGB); inf frames counted as 100 dB
+    psnr_db: float  # mean of per-frame PSNR (8-bit RGB); identical frames count as the cap
     psnr_db_min: float
     ms_ssim: float  # mean of per-frame MS-SSIM
     ms_ssim_used_ssim_fallback: bool  # frames too small for 5 scales use single-scale SSIM
@@ -122,7 +122,7 @@ class VerifyReport:
 
 
 def _finite_psnr(value: float) -> float:
-    return 100.0 if math.isinf(value) else float(value)
+    return 100.0 if math.isinf(value) else float(value)  # JSON has no infinity
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ class VerifyStage:
     def _verify(self, reader: Any, source_path: Path, preview_path: Path | None) -> VerifyReport:
         from codec.errors import BitstreamError, VideoInputError
         from codec.gop import decode_gop
-        from codec.metrics import ms_ssim, psnr_db
+        from codec.metrics import clip_metrics
         from codec.video import VideoWriter, iter_gops
 
         header = reader.header
@@ -202,15 +202,13 @@ class VerifyStage:
                         f"({entry.n_frames}) but the source GOP starts at {first} "
                         f"({orig.shape[0]})",
                     )
-                gop_psnr: list[float] = []
-                gop_ssim: list[float] = []
-                for a, b in zip(orig, recon, strict=True):
-                    gop_psnr.append(_finite_psnr(psnr_db(a, b)))
-                    value, used_fallback = ms_ssim(a, b)
-                    gop_ssim.append(float(value))
-                    fallback = fallback or bool(used_fallback)
-                    if writer is not None:
-                        writer.write(b)
+                metrics = clip_metrics(orig, recon)  # per-frame PSNR, MS-SSIM in batches
+                gop_psnr = [_finite_psnr(v) for v in metrics["psnr_db_per_frame"]]
+                gop_ssim = [float(v) for v in metrics["ms_ssim_per_frame"]]
+                fallback = fallback or bool(metrics["ms_ssim_is_ssim"])
+                if writer is not None:
+                    for frame in recon:
+                        writer.write(frame)
                 psnrs.extend(gop_psnr)
                 ssims.extend(gop_ssim)
                 per_gop.append(

@@ -374,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(args_list)
     _setup_logging(args.verbose)
+    import httpx
+
     from workers.client import ApiError
 
     try:
@@ -382,6 +384,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except ApiError as exc:
         return _error(str(exc))
+    except httpx.HTTPError as exc:
+        url = getattr(args, "api", None) or os.environ.get("SPLATPACK_API_URL", "the API")
+        return _error(
+            f"cannot reach {url} ({exc}); is the service running? check --api / SPLATPACK_API_URL"
+        )
     except (OSError, ValueError) as exc:
         return _error(str(exc))
 

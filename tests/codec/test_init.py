@@ -58,7 +58,11 @@ def test_superpixel_init_counts_need_both_merge_and_split() -> None:
 
     img = synthetic_frame().numpy()
     raw = {
-        n: int(slic(img, n_segments=n, compactness=SLIC_COMPACTNESS, start_label=1, channel_axis=-1).max())
+        n: int(
+            slic(
+                img, n_segments=n, compactness=SLIC_COMPACTNESS, start_label=1, channel_axis=-1
+            ).max()
+        )
         for n in (7, 30, 61, 150, 400)
     }
     assert any(v > n for n, v in raw.items()) and any(v < n for n, v in raw.items()), raw
