@@ -58,6 +58,7 @@ class FitConfig:
     densify_until_frac: float = 0.6  # densify only during this leading share of iframe_iters
     prune_rgb_eps: float = 2.0 / 255.0  # densify: Gaussians whose largest |rgb| is below this are pruned
     pframe_min_changed_frac: float = 0.001  # P-frames with fewer changed pixels than this share are static
+    pframe_new_threshold: float = 16.0 / 255.0  # 5x5-mean residual above which a P-frame adds Gaussians
 
     def __post_init__(self) -> None:
         _check_range("gaussians_per_kpx", self.gaussians_per_kpx, 0.5, 1000.0)
@@ -80,6 +81,7 @@ class FitConfig:
         _check_range("densify_until_frac", self.densify_until_frac, 0.0, 1.0)
         _check_range("prune_rgb_eps", self.prune_rgb_eps, 0.0, 1.0)
         _check_range("pframe_min_changed_frac", self.pframe_min_changed_frac, 0.0, 1.0)
+        _check_range("pframe_new_threshold", self.pframe_new_threshold, 0.0, 1.0)
         if self.lr_schedule not in ("plateau", "cosine"):
             raise CodecConfigError(f"lr_schedule={self.lr_schedule!r} is unknown; use 'plateau' or 'cosine'")
         if self.init not in ("superpixel", "random"):

@@ -125,6 +125,15 @@ def changed_mask(a: Tensor, b: Tensor, threshold: float) -> Tensor:
         return (F.max_pool2d(kept, 3, stride=1, padding=1)[0, 0] > 0).to(torch.bool)
 
 
+def unresolved_mask(target: Tensor, image: Tensor, threshold: float) -> Tensor:
+    """Pixels (bool [H, W]) whose max-over-RGB error, averaged over a 5x5 window, exceeds
+    ``threshold``: structured error (content the Gaussians miss), not fitting noise."""
+    with torch.no_grad():
+        d = (target - image).abs().amax(dim=2)[None, None]
+        local = F.avg_pool2d(d, 5, stride=1, padding=2, count_include_pad=False)[0, 0]
+        return local > threshold
+
+
 class _Schedule:
     """Learning-rate factor per iteration: warm-up, then plateau decay or cosine."""
 
@@ -390,10 +399,13 @@ def fit_pframe(
     Changed pixels (max-over-RGB residual above ``cfg.pframe_threshold``, cleaned) select the
     Gaussians touching them; only those rows are optimised, for at most ``cfg.pframe_iters``
     steps. Fewer than ``cfg.pframe_min_changed_frac`` changed pixels means a static frame:
-    the reference is returned with K = 0 and no work done. Where the residual is still above
-    the threshold halfway (or at once, if no Gaussian touches the change), up to
-    ``cfg.pframe_max_new_frac * len(ref)`` new Gaussians are seeded from it and optimised too.
-    Stops early once the frame would count as static or reaches ``cfg.target_psnr_db``.
+    the reference is returned with K = 0 and no work done. Halfway (at once if no Gaussian
+    touches the change), where the 5x5-averaged residual still exceeds
+    ``cfg.pframe_new_threshold`` (content the reference never had), up to
+    ``cfg.pframe_max_new_frac * len(ref)`` new Gaussians are seeded from the residual and
+    optimised too, at the I-frame's density. Stops early once fewer than
+    ``pframe_min_changed_frac`` of the pixels keep a 5x5-averaged residual above
+    ``cfg.pframe_threshold``, or at ``cfg.target_psnr_db``; returns the best state seen.
     """
     target, h, w = _check_frame(frame)
     if tuple(ref_recon.shape) != (h, w, 3):
@@ -426,15 +438,16 @@ def fit_pframe(
         psnr = psnr_of(img.detach(), target)
         if psnr > best_psnr:
             best_psnr, best = psnr, opt.snapshot()
-        still = changed_mask(target, img.detach(), cfg.pframe_threshold)
-        n_still = int(still.sum())
-        if it >= cfg.pframe_iters or psnr >= cfg.target_psnr_db or n_still < min_changed:
+        still = unresolved_mask(target, img.detach(), cfg.pframe_threshold)
+        if it >= cfg.pframe_iters or psnr >= cfg.target_psnr_db or int(still.sum()) < min_changed:
             break
         if not added and it >= add_at and max_new > 0:
             added = True
-            m = min(max_new, math.ceil(n_still / px_per_gaussian))
-            new = seed_from_residual(target - img.detach(), still, m, gen)
-            if len(new):
+            missing = unresolved_mask(target, img.detach(), cfg.pframe_new_threshold)
+            n_missing = int(missing.sum())
+            if n_missing >= min_changed:
+                m = min(max_new, math.ceil(n_missing / px_per_gaussian))
+                new = seed_from_residual(target - img.detach(), missing, m, gen)
                 opt.restructure(torch.arange(len(opt), device=ref.device), new)
                 continue  # `best` may keep fewer rows: then the seeds did not help and are dropped
         if len(opt) == 0:

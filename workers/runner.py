@@ -309,6 +309,7 @@ class Runner:
     def run_forever(self, stop_event: threading.Event | None = None) -> None:
         """Work until ``stop_event`` is set (a running job is handed back to the queue)."""
         stop = stop_event or threading.Event()
+        self.stopping.clear()
         watcher = threading.Thread(target=self._watch_stop, args=(stop,), daemon=True)
         watcher.start()
         log.info("runner %s started", self.worker_id)

@@ -313,3 +313,41 @@ def test_cancel_reaches_running_ray_tasks(
         time.sleep(0.1)
     assert not _pid_alive(pid), "the running GOP task survived the cancel"
     assert _gop_rows(session_factory, job_id) == []
+
+
+@pytest.mark.slow
+def test_stopping_the_runner_hands_the_job_back(
+    ray_local: str,
+    tmp_path: Path,
+    db_url: str,
+    session_factory: sessionmaker[Session],
+    tenant_id: uuid.UUID,
+) -> None:
+    """Ctrl-C on a runner mid-job: running tasks are cancelled, the job is queued again."""
+    from tests.workers.test_tasks import _pid_alive
+
+    runner = _runner(tmp_path, db_url, session_factory)
+    key = _upload_video(runner, tmp_path, n_frames=2)
+    faults = tmp_path / "faults"
+    faults.mkdir(exist_ok=True)
+    (faults / "gop-000000").write_text("sleep 300")
+    job_id = add_job(session_factory, tenant_id, key, gop=2)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run_forever, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not list(faults.glob("started-000000-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    started = list(faults.glob("started-000000-*"))
+    assert started, "the GOP task never started"
+    stop.set()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    job = get_job(session_factory, job_id)
+    assert job.status == JobStatus.queued and job.lease_owner is None
+    assert job.attempts == 0  # an interrupted attempt is not counted against the job
+    pid = int(started[0].name.split("-")[2])
+    deadline = time.monotonic() + 30
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _pid_alive(pid)
