@@ -32,7 +32,24 @@ _EXPORTS = {
     "VideoInputError": "codec.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BitstreamError",
+    "CodecConfig",
+    "CodecConfigError",
+    "CodecError",
+    "ContainerReader",
+    "ContainerWriter",
+    "FitConfig",
+    "QuantConfig",
+    "StreamHeader",
+    "VideoInputError",
+    "decode_gop",
+    "decode_video",
+    "encode_gop",
+    "encode_gop_report",
+    "encode_video",
+    "iter_decoded",
+]
 
 if TYPE_CHECKING:
     from codec.api import decode_video, encode_video, iter_decoded

@@ -371,14 +371,17 @@ def run_bench(
     our_codec: Callable[[np.ndarray, Fraction], list[RatePoint]] | None,
     classic: Sequence[str] = CLASSIC_CODECS,
     *,
+    extra: dict[str, Any] | None = None,
     rc_fps: Fraction = NOMINAL_RC_FPS,
     x264_sliced_threads: int = 0,
 ) -> dict[str, Any]:
     """Benchmark the first ``max_frames`` frames of ``clip_path``; returns what ``results.json`` holds.
 
     ``our_codec(frames uint8[T, H, W, 3], fps)`` returns its own rate points,
-    measured with :mod:`codec.metrics` against the same frames. Classic codecs
-    this PyAV build lacks are listed under ``extra["unavailable"]``.
+    measured with :mod:`codec.metrics` against the same frames. ``extra`` is
+    added to the report's ``extra`` after ``our_codec`` has run (so it may fill
+    it in). Classic codecs this PyAV build lacks are listed under
+    ``extra["unavailable"]``.
     """
     info = probe(clip_path)
     frames = np.stack(list(iter_frames(clip_path, max_frames)))
@@ -398,7 +401,7 @@ def run_bench(
         )  # fmt: skip
     if our_codec is not None:
         points += our_codec(frames, info.fps)
-    extra: dict[str, Any] = {
+    report_extra: dict[str, Any] = {
         "clip": os.fspath(clip_path),
         "size": f"{w}x{h}",
         "frames": t,
@@ -409,8 +412,9 @@ def run_bench(
         "pyav": av.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible (speeds are noisy on a shared machine)",
     }
+    report_extra.update(extra or {})
     title = f"splatpack bench: {Path(clip_path).name}, {t} frames"
-    write_report(points, out_dir, title, extra)
+    write_report(points, out_dir, title, report_extra)
     return json.loads((Path(out_dir) / "results.json").read_text())
 
 

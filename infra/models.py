@@ -33,7 +33,7 @@ class Base(DeclarativeBase):
     pass
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     queued = "queued"
     running = "running"
     succeeded = "succeeded"
@@ -44,7 +44,7 @@ class JobStatus(str, enum.Enum):
 TERMINAL_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
 
 
-class JobPhase(str, enum.Enum):
+class JobPhase(enum.StrEnum):
     probing = "probing"
     encoding = "encoding"
     assembling = "assembling"

@@ -58,6 +58,7 @@ __all__ = ["PatchBackend"]
 
 _CHUNK = 1 << 16  # pixel evaluations per chunk (a [PW, rows] block)
 _SAVE_LIMIT = 1 << 24  # weight elements kept from forward for backward; beyond, recomputed
+_BAND = 16  # canvas rows per band: in a band, the pixels of one column are contiguous
 
 
 def _patch_widths(width: int) -> Tensor:
@@ -77,47 +78,61 @@ def _patch_widths(width: int) -> Tensor:
 
 @dataclass
 class _Plan:
-    """How to evaluate drawable Gaussians as patch rows (all tensors on one device)."""
+    """How to evaluate the drawable Gaussians as patch rows (tensors on their device).
+
+    The canvas is banded: pixel (y, x) lives at ``(y // B) * B * pad_width + x * B + y % B``
+    (B = _BAND), so a patch column's pixels on consecutive rows are neighbours in memory
+    and the gathers and scatters over a ``[PW, rows]`` block walk memory almost linearly.
+    """
 
     order: Tensor  # int64 [M] permutation of the drawable Gaussians (by patch width, corner)
+    counts: Tensor  # int64 [M] patch rows (box height) of each Gaussian, in plan order
     gid: Tensor  # int64 [R] Gaussian (position in ``order``) of each patch row
     row: Tensor  # int64 [R] image row of each patch row
     x0: Tensor  # int64 [R] first box column of the row's Gaussian (the patch's first column)
     last: Tensor  # int64 [R] box width - 1 of the row's Gaussian (columns past it are masked)
+    base: Tensor  # int64 [R] canvas index of the patch row's first pixel
     chunks: list[tuple[int, int, int]]  # (r0, r1, pw): patch rows r0:r1, all pw wide
     pad_width: int  # canvas row length: frame width + widest patch - 1
+    bands: int  # number of _BAND-row bands covering the frame
 
 
 def _make_plan(box: Tensor, height: int, width: int) -> _Plan:
     """Patch rows for ``box`` int64 [M, 4] (from :func:`pixel_boxes`); deterministic."""
     dev = box.device
     sizes = _patch_widths(width).to(dev)
-    bw = box[:, 1] - box[:, 0] + 1  # [M]
-    bh = box[:, 3] - box[:, 2] + 1  # [M]
-    size_i = torch.bucketize(bw, sizes)  # [M] first allowed width >= box width
-    key = (size_i * height + box[:, 2]) * width + box[:, 0]
+    bx0, bx1, by0, by1 = box.t()  # [M] each
+    size_i = torch.bucketize(bx1 - bx0 + 1, sizes)  # [M] first allowed width >= box width
+    key = (size_i * height + by0) * width + bx0
     order = torch.sort(key, stable=True).indices  # [M]
-    box, bh, size_i = box[order], bh[order], size_i[order]
-    gid = torch.repeat_interleave(torch.arange(box.shape[0], device=dev), bh)  # [R]
-    first = torch.cumsum(bh, 0) - bh  # [M] first patch row of each Gaussian
-    row = box[gid, 2] + torch.arange(gid.shape[0], device=dev) - first[gid]  # [R]
-    x0 = box[gid, 0]
-    last = (box[:, 1] - box[:, 0])[gid]
+    bx0, bx1, by0, by1, size_i = (t.index_select(0, order) for t in (bx0, bx1, by0, by1, size_i))
+    counts = by1 - by0 + 1  # [M]
+    gid = torch.repeat_interleave(torch.arange(counts.shape[0], device=dev), counts)  # [R]
+    first = torch.cumsum(counts, 0) - counts  # [M] first patch row of each Gaussian
+    row = (by0 - first).index_select(0, gid) + torch.arange(gid.shape[0], device=dev)  # [R]
+    x0 = bx0.index_select(0, gid)
+    last = (bx1 - bx0).index_select(0, gid)
     chunks: list[tuple[int, int, int]] = []
-    pad = 1
-    if box.shape[0] > 0:
-        buckets, counts = torch.unique_consecutive(size_i, return_counts=True)
-        rows_per = torch.zeros(counts.shape[0], dtype=torch.int64, device=dev)
-        rows_per.index_add_(0, torch.repeat_interleave(torch.arange(counts.shape[0], device=dev), counts), bh)
+    widest = 1
+    if counts.shape[0] > 0:
+        ends = torch.cumsum(counts, 0)  # [M] one past each Gaussian's last patch row
+        bucket_end = torch.nonzero(torch.diff(size_i, append=size_i[-1:] + 1)).flatten()
         r0 = 0
-        for k, n in zip(buckets.tolist(), rows_per.tolist(), strict=True):
+        for k, r_end in zip(
+            size_i.index_select(0, bucket_end).tolist(),
+            ends.index_select(0, bucket_end).tolist(),
+            strict=True,
+        ):
             pw = int(sizes[k])
             step = max(1, _CHUNK // pw)
-            for s0 in range(r0, r0 + n, step):
-                chunks.append((s0, min(s0 + step, r0 + n), pw))
-            r0 += n
-            pad = max(pad, pw)
-    return _Plan(order, gid, row, x0, last, chunks, width + pad - 1)
+            chunks.extend((s0, min(s0 + step, r_end), pw) for s0 in range(r0, r_end, step))
+            r0 = r_end
+            widest = pw
+    pad_width = width + widest - 1
+    base = torch.div(row, _BAND, rounding_mode="floor") * (_BAND * pad_width)
+    base += row % _BAND + x0 * _BAND
+    bands = -(-height // _BAND)
+    return _Plan(order, counts, gid, row, x0, last, base, chunks, pad_width, bands)
 
 
 class _RowTable:
@@ -125,22 +140,29 @@ class _RowTable:
 
     def __init__(self, plan: _Plan, xy: Tensor, abc: Tensor, rgb: Tensor) -> None:
         # xy [M, 2], abc [M, 3] conic, rgb [M, 3], rows in plan order
-        half = (-0.5 * abc).t()  # [3, M] (a, b, c) * -1/2 as in _log_kernel
-        per_g = torch.stack([xy[:, 0], xy[:, 1], half[0], 2 * half[1], half[2]])  # [5, M]
-        self.cx, cy, self.a, self.b2, c = per_g.index_select(1, plan.gid).unbind(0)  # [R]
-        self.dy = (plan.row.to(xy.dtype) + 0.5) - cy  # [R]
-        self.t3 = c * self.dy * self.dy  # [R]
+        gid = plan.gid
+        half = -0.5 * abc  # [M, 3] (a, b, c) * -1/2 as in _log_kernel
+
+        def rows(v: Tensor) -> Tensor:  # [M] -> [R]
+            return v.index_select(0, gid)
+
+        self.cx, self.a, self.b2 = rows(xy[:, 0]), rows(half[:, 0]), rows(2 * half[:, 1])
+        self.dy = (plan.row.to(xy.dtype) + 0.5) - rows(xy[:, 1])  # [R]
+        self.t3 = rows(half[:, 2]) * self.dy * self.dy  # [R] (c dy) dy
         self.x0h = plan.x0.to(xy.dtype) + 0.5  # [R] centre of the patch's first column
         self.last = plan.last.to(xy.dtype)  # [R]
-        self.base = plan.row * plan.pad_width + plan.x0  # [R] flat index of the first pixel
-        self.rgb_t = rgb.t().index_select(1, plan.gid)  # [3, R]
+        self.base = plan.base  # [R]
+        self.rgb = torch.stack([rows(rgb[:, ch]) for ch in range(3)])  # [3, R]
+        self._q: dict[int, tuple[Tensor, Tensor]] = {}
 
     def columns(self, r0: int, r1: int, pw: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Patch column offsets qf [PW, 1], dx [PW, Rc] and flat pixel indices [PW, Rc]."""
-        q = torch.arange(pw, device=self.cx.device)[:, None]  # [PW, 1]
-        qf = q.to(self.cx.dtype)
+        """Column offsets qf [PW, 1], dx [PW, Rc] and canvas indices [PW, Rc] of a chunk."""
+        if pw not in self._q:
+            q = torch.arange(pw, device=self.cx.device)[:, None]  # [PW, 1]
+            self._q[pw] = q.to(self.cx.dtype), q * _BAND
+        qf, q_off = self._q[pw]
         dx = (self.x0h[r0:r1] + qf) - self.cx[r0:r1]  # [PW, Rc]; x0h + q is exact
-        return qf, dx, self.base[r0:r1] + q
+        return qf, dx, self.base[r0:r1] + q_off
 
     def log_kernel(self, r0: int, r1: int, qf: Tensor, dx: Tensor) -> Tensor:
         """h = -m/2 [PW, Rc], below -1e30 at columns past the box (see :func:`_log_kernel`)."""
@@ -163,19 +185,19 @@ class _PatchRender(torch.autograd.Function):
         ctx: Any, xy: Tensor, abc: Tensor, rgb: Tensor, plan: _Plan, height: int, width: int
     ) -> Tensor:
         table = _RowTable(plan, xy, abc, rgb)
-        wp = plan.pad_width
-        canvas = torch.zeros(3, height * wp, dtype=xy.dtype, device=xy.device)
+        canvas = xy.new_zeros(3, plan.bands * _BAND * plan.pad_width)
         saved: list[Tensor | None] = []
         budget = _SAVE_LIMIT
         for r0, r1, pw in plan.chunks:
             qf, dx, pix = table.columns(r0, r1, pw)
             w = _weights(table.log_kernel(r0, r1, qf, dx))  # [PW, Rc]
-            _add_into(canvas, pix, w, table.rgb_t[:, r0:r1].t())
+            _add_into(canvas, pix, w, table.rgb[:, r0:r1].t())
             budget -= w.numel()
             saved.append(w if budget >= 0 else None)
         ctx.save_for_backward(abc)
         ctx.plan, ctx.table, ctx.saved_w, ctx.size = plan, table, saved, (height, width)
-        return canvas.view(3, height, wp)[:, :, :width].permute(1, 2, 0).contiguous()
+        img = canvas.view(3, plan.bands, plan.pad_width, _BAND).permute(1, 3, 2, 0)
+        return img.reshape(plan.bands * _BAND, plan.pad_width, 3)[:height, :width].contiguous()
 
     @staticmethod
     @once_differentiable
@@ -184,44 +206,41 @@ class _PatchRender(torch.autograd.Function):
         plan: _Plan = ctx.plan
         table: _RowTable = ctx.table
         height, width = ctx.size
-        wp = plan.pad_width
-        gcanvas = grad_img.new_zeros(3, height, wp)
-        gcanvas[:, :, :width] = grad_img.permute(2, 0, 1)
-        gflat = gcanvas.view(3, height * wp)
-        n_rows = plan.gid.shape[0]
-        # per patch row: sum g, sum g dx, sum g dx^2 (g = dL/dh), then dL/d rgb
-        sums = grad_img.new_zeros(6, n_rows)
+        gpad = grad_img.new_zeros(plan.bands, _BAND, plan.pad_width, 3)
+        gpad.view(plan.bands * _BAND, plan.pad_width, 3)[:height, :width] = grad_img
+        gflat = gpad.permute(3, 0, 2, 1).reshape(3, -1)  # [3, canvas] banded like the canvas
+        row_sums = []  # per chunk [6, Rc]: sum over the patch row of g, g dx, g dx^2, G_c w
         for (r0, r1, pw), w in zip(plan.chunks, ctx.saved_w, strict=True):
             qf, dx, pix = table.columns(r0, r1, pw)
             if w is None:
                 w = _weights(table.log_kernel(r0, r1, qf, dx))
-            flat = pix.reshape(-1)
-            rgb = table.rgb_t[:, r0:r1]  # [3, Rc]
-            g_w = torch.empty_like(w)  # dL/dw [PW, Rc]
+            flat = pix.view(-1)
+            prod = w.new_empty(6, *w.shape)  # [6, PW, Rc]
+            g_img = prod[3:]  # dL/dI at the patch pixels, channel by channel
             for ch in range(3):
-                g_img = gflat[ch].index_select(0, flat).view_as(w)  # [PW, Rc]
-                if ch == 0:
-                    torch.mul(g_img, rgb[0], out=g_w)
-                else:
-                    g_w.addcmul_(g_img, rgb[ch])
-                torch.sum(g_img.mul_(w), 0, out=sums[3 + ch, r0:r1])
-            g = g_w.mul_(w)  # dL/dh
-            torch.sum(g, 0, out=sums[0, r0:r1])
-            g = g.mul_(dx)
-            torch.sum(g, 0, out=sums[1, r0:r1])
-            torch.sum(g.mul_(dx), 0, out=sums[2, r0:r1])
-        s0, s1, s2 = sums[0], sums[1], sums[2]
+                torch.index_select(gflat[ch], 0, flat, out=g_img[ch].view(-1))
+            rgb = table.rgb[:, r0:r1]  # [3, Rc]
+            g = torch.mul(g_img[0], rgb[0], out=prod[0])  # dL/dw
+            g.addcmul_(g_img[1], rgb[1]).addcmul_(g_img[2], rgb[2])
+            g_img.mul_(w)  # dL/d rgb per pixel
+            g.mul_(w)  # dL/dh
+            torch.mul(g, dx, out=prod[1])
+            torch.mul(prod[1], dx, out=prod[2])
+            row_sums.append(prod.sum(1))
+        n = abc.shape[0]
+        s = torch.cat(row_sums, 1) if row_sums else abc.new_zeros(6, 0)  # [6, R]
         dy = table.dy
-        per_row = torch.stack([s1, s0 * dy, s2, s1 * dy, s0 * dy * dy, sums[3], sums[4], sums[5]])
-        per_g = grad_img.new_zeros(abc.shape[0], 8)  # [M, 8] sums over each Gaussian's rows
-        per_g.index_add_(0, plan.gid, per_row.t())
-        sx, sy, sxx, sxy, syy = per_g[:, :5].unbind(1)  # sums of g dx, g dy, g dx^2, ...
+        per_row = [s[1], s[0] * dy, s[2], s[1] * dy, s[0] * dy * dy, s[3], s[4], s[5]]
+        sums = abc.new_zeros(8, n)  # [8, M] sums over each Gaussian's patch rows
+        for i, v in enumerate(per_row):
+            sums[i].scatter_add_(0, plan.gid, v)
+        sx, sy, sxx, sxy, syy = sums[:5]  # of g dx, g dy, g dx^2, g dx dy, g dy^2; g = dL/dh
         a, b, c = abc.unbind(1)
         need = ctx.needs_input_grad
-        # h = -(a dx^2 + 2 b dx dy + c dy^2) / 2, dx = x - cx, dy = y - cy
+        # h = -(a dx^2 + 2 b dx dy + c dy^2) / 2 with dx = x - cx, dy = y - cy
         g_xy = torch.stack([a * sx + b * sy, b * sx + c * sy], 1) if need[0] else None
         g_abc = torch.stack([-0.5 * sxx, -sxy, -0.5 * syy], 1) if need[1] else None
-        g_rgb = per_g[:, 5:8] if need[2] else None
+        g_rgb = sums[5:].t() if need[2] else None
         return g_xy, g_abc, g_rgb, None, None, None
 
 
@@ -239,9 +258,10 @@ class PatchBackend:
         idx, box = pixel_boxes(g, height, width)
         with torch.no_grad():
             plan = _make_plan(box, height, width)
-        idx = idx[plan.order]
-        abc = conic(g.chol[idx])  # only drawable rows, so no inf/nan enters the graph
-        out: Tensor = _PatchRender.apply(g.xy_px[idx], abc, g.rgb[idx], plan, height, width)
+        idx = idx.index_select(0, plan.order)
+        xy, chol, rgb = (t.index_select(0, idx) for t in (g.xy_px, g.chol, g.rgb))
+        abc = conic(chol)  # only drawable rows, so no inf/nan enters the graph
+        out: Tensor = _PatchRender.apply(xy, abc, rgb, plan, height, width)
         return out
 
     def render_nograd(self, g: Gaussians, height: int, width: int) -> Tensor:

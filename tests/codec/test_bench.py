@@ -84,20 +84,24 @@ def test_run_bench_writes_json_md_png(tmp_path: Path, x264_points: list[RatePoin
 
     seen: dict[str, object] = {}
 
+    extra: dict[str, object] = {"preset": "fast"}
+
     def our_codec(frames: np.ndarray, fps: Fraction) -> list[RatePoint]:
         seen["shape"], seen["fps"] = frames.shape, fps
+        extra["filled_in_by_our_codec"] = 42
         return [
             replace(p, codec="gauss", bpp=p.bpp * 0.9, setting=i) for i, p in enumerate(x264_points)
         ]
 
     out = tmp_path / "report"
-    doc = run_bench(clip, out, 4, our_codec, classic=("x264",))
+    doc = run_bench(clip, out, 4, our_codec, classic=("x264",), extra=extra)
     assert seen == {"shape": (4, 48, 64, 3), "fps": FPS}
     assert {p.name for p in out.iterdir()} == {"results.json", "results.md", "rd.png"}
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk == doc
     assert [p["codec"] for p in doc["points"]] == ["x264"] * 5 + ["gauss"] * 4
     assert doc["extra"]["frames"] == 4 and doc["extra"]["unavailable"] == "none"
+    assert doc["extra"]["preset"] == "fast" and doc["extra"]["filled_in_by_our_codec"] == 42
     assert isinstance(doc["bd_rate_psnr"]["gauss"]["x264"], float)
     md = (out / "results.md").read_text()
     assert "| x264 | 23 |" in md and "| gauss | 0 |" in md

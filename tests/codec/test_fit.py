@@ -131,7 +131,9 @@ def test_fit_iframe_densify_prunes_and_reseeds() -> None:
     # After one Adam step the dead rows have |rgb| <= lr * lr_rgb_mult = 0.02 < eps: pruned at
     # step 1 and re-seeded where the error is largest (the live rows are all above eps).
     assert float(init.rgb.abs().amax(dim=1).sort().values[len(dead)]) > 0.05
-    c = cfg(iframe_iters=30, densify=True, densify_every=1, densify_until_frac=0.05, prune_rgb_eps=0.03)
+    c = cfg(
+        iframe_iters=30, densify=True, densify_every=1, densify_until_frac=0.05, prune_rgb_eps=0.03
+    )
     r = fit_iframe(FRAME, init, c, DENSE)
     assert len(r.gaussians) == N  # as many re-seeded as pruned: never more than the start
     plain = fit_iframe(FRAME, init, replace(c, densify=False), DENSE)
@@ -218,7 +220,9 @@ def test_pframe_local_change_touches_only_nearby(fitted: FitResult) -> None:
     rest = torch.ones(N, dtype=torch.bool)
     rest[idx] = False
     assert len(r.gaussians) == N + r.n_added
-    assert same(r.gaussians.index(torch.nonzero(rest).flatten()), ref.index(torch.nonzero(rest).flatten()))
+    assert same(
+        r.gaussians.index(torch.nonzero(rest).flatten()), ref.index(torch.nonzero(rest).flatten())
+    )
     assert not same(r.gaussians.index(idx), ref.index(idx))
 
     out = DENSE.render_nograd(r.gaussians, H, W)
