@@ -129,8 +129,8 @@ def _make_plan(box: Tensor, height: int, width: int) -> _Plan:
             r0 = r_end
             widest = pw
     pad_width = width + widest - 1
-    base = torch.div(row, _BAND, rounding_mode="floor") * (_BAND * pad_width)
-    base += row % _BAND + x0 * _BAND
+    shift = _BAND.bit_length() - 1  # _BAND is a power of two
+    base = (row >> shift) * (_BAND * pad_width) + (row & (_BAND - 1)) + x0 * _BAND
     bands = -(-height // _BAND)
     return _Plan(order, counts, gid, row, x0, last, base, chunks, pad_width, bands)
 
