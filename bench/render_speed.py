@@ -1,9 +1,11 @@
-"""CPU speed of the tile-binned ``torch`` render backend against the dense reference.
+"""CPU speed of the tile-binned ``torch`` and patch-row ``patch`` render backends
+against the dense reference.
 
 Times forward, forward+backward and no-grad renders (median of ``--repeats`` runs,
 after one warm-up) at 176x144 with 1000 Gaussians and 720x528 with 15000 Gaussians
 (typical 3-sigma radius 3-8 px), plus ``gaussians_touching`` on a 10% mask. The
 dense reference is timed where its [N, H, W] tensors stay under ``--dense-max-elems``.
+(``patch`` delegates no-grad renders and ``gaussians_touching`` to ``torch``.)
 Prints a table and writes JSON to ``bench/results/render_speed.json``.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/render_speed.py
@@ -25,6 +27,7 @@ import torch
 from codec.gaussians import Gaussians, radius_3sigma
 from codec.render.base import RenderBackend
 from codec.render.dense import DenseBackend
+from codec.render.torch_patches import PatchBackend
 from codec.render.torch_tiles import TorchTileBackend
 
 CASES = [(176, 144, 1000), (720, 528, 15000)]  # (width, height, n)
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    tiles, dense = TorchTileBackend(), DenseBackend()
+    tiles, patches, dense = TorchTileBackend(), PatchBackend(), DenseBackend()
     results = []
     print(
         f"torch {torch.__version__}, {args.threads} thread(s), medians of {args.repeats} runs (ms)"
@@ -115,12 +118,21 @@ def main(argv: list[str] | None = None) -> int:
             "n": n,
             "median_radius_px": round(float(radius_3sigma(g.chol).median()), 2),
         }
-        timings = {"torch": bench_backend(tiles, g, height, width, args.repeats)}
+        timings = {
+            "torch": bench_backend(tiles, g, height, width, args.repeats),
+            "patch": bench_backend(patches, g, height, width, args.repeats),
+        }
+        with torch.no_grad():
+            diff = (patches.render(g, height, width) - tiles.render(g, height, width)).abs().max()
+        case["patch_max_abs_diff_vs_torch"] = float(diff)
         if n * height * width <= args.dense_max_elems:
             timings["dense"] = bench_backend(dense, g, height, width, args.repeats)
             with torch.no_grad():
-                diff = (tiles.render(g, height, width) - dense.render(g, height, width)).abs().max()
+                ref = dense.render(g, height, width)
+                diff = (tiles.render(g, height, width) - ref).abs().max()
+                diff_patch = (patches.render(g, height, width) - ref).abs().max()
             case["max_abs_diff_vs_dense"] = float(diff)
+            case["patch_max_abs_diff_vs_dense"] = float(diff_patch)
         else:
             case["dense"] = (
                 f"skipped: N*H*W = {n * height * width:.2e} > {args.dense_max_elems:.0e}"
@@ -135,11 +147,23 @@ def main(argv: list[str] | None = None) -> int:
                     for k in ("forward", "forward_backward", "nograd", "touching_10pct")
                 )
                 print(f"{label:>18} {name + ' ' + unit:>10} {row}")
+        for k in ("forward", "forward_backward"):
+            wall, cpu = (
+                timings["torch"][k][key] / timings["patch"][k][key]
+                for key in ("median_ms", "cpu_median_ms")
+            )
+            print(
+                f"{'':>18} {'':>10} {k}: patch is {wall:.1f}x (wall), {cpu:.1f}x (cpu) faster than torch"
+            )
+        print(f"{'':>18} {'':>10} max |patch - torch| = {case['patch_max_abs_diff_vs_torch']:.2e}")
         if "dense" in timings:
             for k in ("forward", "forward_backward", "nograd"):
                 speedup = timings["dense"][k]["median_ms"] / timings["torch"][k]["median_ms"]
                 print(f"{'':>18} {'':>10} {k}: torch is {speedup:.1f}x faster than dense (wall)")
             print(f"{'':>18} {'':>10} max |torch - dense| = {case['max_abs_diff_vs_dense']:.2e}")
+            print(
+                f"{'':>18} {'':>10} max |patch - dense| = {case['patch_max_abs_diff_vs_dense']:.2e}"
+            )
         else:
             print(f"{'':>18} {'dense':>10} {case['dense']}")
     report = {

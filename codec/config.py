@@ -43,6 +43,9 @@ class FitConfig:
     lr: float = 0.02  # base Adam learning rate (scaled per attribute inside fit)
     densify: bool = False  # error-guided densification and pruning in I-frames
     pframe_threshold: float = 6.0 / 255.0  # per-pixel residual (max over RGB, [0,1] units) that marks a pixel changed
+    # P-frame rate control: an update is sent only if the energy of the change it makes to the
+    # rendered image (codec.gaussians.change_energy, in 8-bit levels^2 * px) reaches this
+    pframe_min_update_energy: float = 0.0
     pframe_max_new_frac: float = 0.05  # at most this fraction of N new Gaussians per P-frame
     # Per-attribute Adam step sizes are lr * mult: xy and chol in pixels, rgb in [0,1] colour units.
     lr_xy_mult: float = 10.0
@@ -69,6 +72,7 @@ class FitConfig:
         _check_range("lr", self.lr, 1e-6, 1.0)
         _check_range("pframe_threshold", self.pframe_threshold, 0.0, 1.0)
         _check_range("pframe_max_new_frac", self.pframe_max_new_frac, 0.0, 1.0)
+        _check_range("pframe_min_update_energy", self.pframe_min_update_energy, 0.0, 1e9)
         _check_range("lr_xy_mult", self.lr_xy_mult, 0.0, 1000.0)
         _check_range("lr_chol_mult", self.lr_chol_mult, 0.0, 1000.0)
         _check_range("lr_rgb_mult", self.lr_rgb_mult, 0.0, 1000.0)
@@ -124,7 +128,7 @@ class CodecConfig:
     fit: FitConfig = field(default_factory=FitConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     seed: int = 0
-    backend: str = "torch"  # render backend used by the encoder (decoder always renders identically)
+    backend: str = "patch"  # render backend for fitting; reconstruction always uses the decoder's renderer
 
     def __post_init__(self) -> None:
         _check_range("gop", self.gop, 1, 10_000)

@@ -393,6 +393,7 @@ def fit_pframe(
     *,
     fake_quant: FakeQuant | None = None,
     generator: torch.Generator | None = None,
+    prev_frame: Tensor | None = None,
 ) -> PFrameResult:
     """Update the decoded reference ``ref`` (rendered as ``ref_recon`` [H, W, 3]) towards ``frame``.
 
@@ -406,6 +407,11 @@ def fit_pframe(
     optimised too, at the I-frame's density. Stops early once fewer than
     ``pframe_min_changed_frac`` of the pixels keep a 5x5-averaged residual above
     ``cfg.pframe_threshold``, or at ``cfg.target_psnr_db``; returns the best state seen.
+
+    With ``prev_frame`` (the previous *source* frame, [H, W, 3]) a pixel only counts as
+    changed if the content changed there too: error the reference already had in static
+    content is left alone, so P-frames spend bits on motion rather than on re-fitting
+    the I-frame everywhere its error sits above the threshold.
     """
     target, h, w = _check_frame(frame)
     if tuple(ref_recon.shape) != (h, w, 3):
@@ -416,6 +422,8 @@ def fit_pframe(
     recon = ref_recon.detach().to(torch.float32).clamp(0.0, 1.0)
     min_changed = cfg.pframe_min_changed_frac * h * w
     changed = changed_mask(target, recon, cfg.pframe_threshold)
+    if prev_frame is not None:
+        changed &= changed_mask(target, prev_frame.to(target), cfg.pframe_threshold)
     n_changed = int(changed.sum())
     empty_idx = torch.zeros(0, dtype=torch.int64, device=ref.device)
     if n_changed < max(1.0, min_changed) or cfg.pframe_iters == 0 or len(ref) == 0:
@@ -438,12 +446,12 @@ def fit_pframe(
         psnr = psnr_of(img.detach(), target)
         if psnr > best_psnr:
             best_psnr, best = psnr, opt.snapshot()
-        still = unresolved_mask(target, img.detach(), cfg.pframe_threshold)
+        still = unresolved_mask(target, img.detach(), cfg.pframe_threshold) & changed
         if it >= cfg.pframe_iters or psnr >= cfg.target_psnr_db or int(still.sum()) < min_changed:
             break
         if not added and it >= add_at and max_new > 0:
             added = True
-            missing = unresolved_mask(target, img.detach(), cfg.pframe_new_threshold)
+            missing = unresolved_mask(target, img.detach(), cfg.pframe_new_threshold) & changed
             n_missing = int(missing.sum())
             if n_missing >= min_changed:
                 m = min(max_new, math.ceil(n_missing / px_per_gaussian))

@@ -103,3 +103,29 @@ def radius_3sigma(chol: Tensor) -> Tensor:
     """Half-extent [N, 2] (rx, ry) in pixels of the axis-aligned box around the 3-sigma ellipse."""
     s = covariance(chol)
     return 3.0 * torch.stack([s[:, 0].sqrt(), s[:, 2].sqrt()], dim=1)
+
+
+def change_energy(old: Gaussians, new: Gaussians) -> Tensor:
+    """Per-row energy [N] of the change in rendered contribution, integral of |c' g'(x) - c g(x)|^2 dx.
+
+    Closed form for untruncated Gaussians g(x) = exp(-0.5 (x-mu)^T Sigma^-1 (x-mu)):
+    integral g_a g_b = 2 pi sqrt(|Sa| |Sb| / |Sa + Sb|) exp(-0.5 d^T (Sa + Sb)^-1 d), so
+    the energy is |c_a|^2 I_aa + |c_b|^2 I_bb - 2 c_a . c_b I_ab. Units: colour^2 * px^2
+    (multiply by 255^2 for 8-bit levels). Used to drop P-frame updates that change almost nothing.
+    """
+    sa, sb = covariance(old.chol), covariance(new.chol)
+
+    def det(s: Tensor) -> Tensor:
+        return (s[:, 0] * s[:, 2] - s[:, 1] * s[:, 1]).clamp(min=1e-12)
+
+    ssum = sa + sb
+    d = new.xy_px - old.xy_px
+    det_sum = det(ssum)
+    # d^T (Sa + Sb)^-1 d with the 2x2 inverse written out
+    maha = (ssum[:, 2] * d[:, 0] ** 2 - 2 * ssum[:, 1] * d[:, 0] * d[:, 1] + ssum[:, 0] * d[:, 1] ** 2) / det_sum
+    i_ab = 2 * torch.pi * torch.sqrt(det(sa) * det(sb) / det_sum) * torch.exp(-0.5 * maha)
+    i_aa = torch.pi * det(sa).sqrt()
+    i_bb = torch.pi * det(sb).sqrt()
+    ca, cb = old.rgb, new.rgb
+    energy = (ca * ca).sum(1) * i_aa + (cb * cb).sum(1) * i_bb - 2 * (ca * cb).sum(1) * i_ab
+    return energy.clamp(min=0.0)

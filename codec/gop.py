@@ -25,7 +25,7 @@ from codec.config import CodecConfig
 from codec.entropy import canonical_order, decode_inter, decode_intra, encode_inter, encode_intra
 from codec.errors import BitstreamError, CodecConfigError
 from codec.fit import fit_iframe, fit_pframe
-from codec.gaussians import Gaussians
+from codec.gaussians import Gaussians, change_energy
 from codec.init import random_init, superpixel_init
 from codec.metrics import psnr_db
 from codec.quant import QGaussians, QuantGrid, dequantize, fake_quantize, make_grid, quantize
@@ -121,6 +121,25 @@ def _code_iframe(
     return q, grid, encode_intra(q, grid), iters
 
 
+def _worthwhile_updates(
+    prev: QGaussians, proposed: QGaussians, changed_idx: Tensor, grid: QuantGrid, min_energy_levels: float
+) -> Tensor:
+    """The subset of ``changed_idx`` (int64 [K]) whose update changes the picture enough to pay for its bits."""
+    if min_energy_levels <= 0 or changed_idx.numel() == 0:
+        return changed_idx
+    old = dequantize(prev.index(changed_idx), grid)
+    new = dequantize(proposed.index(changed_idx), grid)
+    energy_levels = change_energy(old, new) * (255.0 * 255.0)
+    return changed_idx[energy_levels >= min_energy_levels]
+
+
+def _apply_updates(prev: QGaussians, proposed: QGaussians, keep_idx: Tensor) -> QGaussians:
+    """``prev`` with rows ``keep_idx`` taken from ``proposed`` (same row count)."""
+    rows = prev.rows().clone()
+    rows[keep_idx] = proposed.rows()[keep_idx]
+    return QGaussians.from_rows(rows)
+
+
 def encode_gop_report(
     frames: np.ndarray,
     config: CodecConfig,
@@ -161,12 +180,16 @@ def encode_gop_report(
 
     for t in range(1, t_count):
         start = time.perf_counter()
-        frame = to_float(frames[t])
-        res = fit_pframe(ref, ref_img, frame, config.fit, backend, fake_quant=fake_quant, generator=gen)
+        prev_frame, frame = frame, to_float(frames[t])
+        res = fit_pframe(
+            ref, ref_img, frame, config.fit, backend, fake_quant=fake_quant, generator=gen, prev_frame=prev_frame
+        )
         n_ref = len(q_state)
         q_all = quantize(res.gaussians.detach(), grid)
         old_rows = q_all.index(torch.arange(n_ref))
         changed_idx = torch.nonzero(~old_rows.equal_rows(q_state)).flatten()
+        changed_idx = _worthwhile_updates(q_state, old_rows, changed_idx, grid, config.fit.pframe_min_update_energy)
+        old_rows = _apply_updates(q_state, old_rows, changed_idx)
         added = q_all.index(torch.arange(n_ref, len(q_all)))
         added = added.index(canonical_order(added))  # added rows travel in Morton order, like intra
         data = encode_inter(q_state, changed_idx, old_rows.index(changed_idx), added, grid)
