@@ -145,11 +145,21 @@ class CodecConfig:
             )
         density = 10.0 * (1.3 ** (quality - 1))  # 10 .. ~106 Gaussians per kpx
         bits = 5 + (quality + 1) // 3  # 5 .. 8 bits for chol and colour
+        # P-frame rate control: lower quality drops more of the small updates (40000 .. ~1000 levels^2 px)
+        min_update_energy = 40000.0 / (1.5 ** (quality - 1))
         if name == "fast":
-            fit = FitConfig(gaussians_per_kpx=density, iframe_iters=400, pframe_iters=60)
+            fit = FitConfig(
+                gaussians_per_kpx=density, iframe_iters=400, pframe_iters=60, pframe_min_update_energy=min_update_energy
+            )
             quant = QuantConfig(mode="ptq", chol_bits=bits, rgb_bits=bits)
         else:
-            fit = FitConfig(gaussians_per_kpx=density, iframe_iters=2000, pframe_iters=200, densify=True)
+            fit = FitConfig(
+                gaussians_per_kpx=density,
+                iframe_iters=2000,
+                pframe_iters=200,
+                densify=True,
+                pframe_min_update_energy=min_update_energy,
+            )
             quant = QuantConfig(mode="qat", chol_bits=bits, rgb_bits=bits)
         cfg = CodecConfig(fit=fit, quant=quant)
         return cfg.with_overrides(**overrides) if overrides else cfg
