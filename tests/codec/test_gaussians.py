@@ -7,7 +7,9 @@ import torch
 from codec.gaussians import Gaussians, change_energy
 
 
-def _numeric_energy(old: Gaussians, new: Gaussians, extent: float = 60.0, step: float = 0.1) -> torch.Tensor:
+def _numeric_energy(
+    old: Gaussians, new: Gaussians, extent: float = 60.0, step: float = 0.1
+) -> torch.Tensor:
     """Integral of |c' g'(x) - c g(x)|^2 over a fine grid (untruncated Gaussians), per row."""
     axis = torch.arange(-extent, extent, step, dtype=torch.float64)
     y, x = torch.meshgrid(axis, axis, indexing="ij")
@@ -20,7 +22,9 @@ def _numeric_energy(old: Gaussians, new: Gaussians, extent: float = 60.0, step: 
         m = (syy * dx * dx - 2 * sxy * dx * dy + sxx * dy * dy) / det
         return torch.exp(-0.5 * m)[..., None] * g.rgb[i].double()
 
-    return torch.stack([((field(new, i) - field(old, i)) ** 2).sum() * step * step for i in range(len(old))])
+    return torch.stack(
+        [((field(new, i) - field(old, i)) ** 2).sum() * step * step for i in range(len(old))]
+    )
 
 
 def test_change_energy_matches_numeric_integral() -> None:
@@ -28,7 +32,14 @@ def test_change_energy_matches_numeric_integral() -> None:
     n = 5
     old = Gaussians(
         torch.rand(n, 2, generator=gen) * 10 - 5,
-        torch.stack([1 + 3 * torch.rand(n, generator=gen), torch.randn(n, generator=gen), 1 + 3 * torch.rand(n, generator=gen)], 1),
+        torch.stack(
+            [
+                1 + 3 * torch.rand(n, generator=gen),
+                torch.randn(n, generator=gen),
+                1 + 3 * torch.rand(n, generator=gen),
+            ],
+            1,
+        ),
         torch.rand(n, 3, generator=gen),
     )
     new = Gaussians(
@@ -42,5 +53,7 @@ def test_change_energy_matches_numeric_integral() -> None:
 
 
 def test_change_energy_is_zero_without_change() -> None:
-    g = Gaussians(torch.tensor([[3.0, 4.0]]), torch.tensor([[2.0, 0.5, 1.5]]), torch.tensor([[0.2, 0.4, 0.9]]))
+    g = Gaussians(
+        torch.tensor([[3.0, 4.0]]), torch.tensor([[2.0, 0.5, 1.5]]), torch.tensor([[0.2, 0.4, 0.9]])
+    )
     assert float(change_energy(g, g)) < 1e-6

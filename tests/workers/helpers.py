@@ -1,18 +1,27 @@
-"""Helpers for worker tests: synthetic videos, tenants, jobs and tiny codec settings."""
+"""Helpers for worker tests: synthetic videos, tenants, jobs, runners, fault markers and
+tiny codec settings."""
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
+from sqlalchemy import func, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from infra.models import Job, Tenant
 from infra.settings import Settings
+from infra.storage import LocalStorage
+from workers.runner import Runner
 
 # fitting iterations cut to the bone: the tests check the plumbing, not the quality
 TINY_CODEC = {"fit__iframe_iters": 20, "fit__pframe_iters": 5}
@@ -117,3 +126,112 @@ def get_job(session_factory: sessionmaker[Session], job_id: uuid.UUID) -> Job:
         assert job is not None
         s.expunge(job)
         return job
+
+
+def update_job(session_factory: sessionmaker[Session], job_id: uuid.UUID, **values: Any) -> None:
+    """Set columns of a job's row directly (states the API cannot produce)."""
+    with session_factory.begin() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def expire_lease(
+    session_factory: sessionmaker[Session], job_id: uuid.UUID, seconds_ago: float, **values: Any
+) -> None:
+    """The job's runner went silent: its lease ran out ``seconds_ago``; ``values`` set too."""
+    lease_expires_at = func.now() - timedelta(seconds=seconds_ago)
+    update_job(session_factory, job_id, lease_expires_at=lease_expires_at, **values)
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1
+) -> None:
+    """Poll ``predicate`` until it holds; AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); look at its state
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def write_fault(fault_dir: Path, index: int, action: str) -> None:
+    """Arm the fault marker of ``workers/gops.py`` for GOP ``index`` (e.g. "raise", "sleep 300")."""
+    fault_dir.mkdir(parents=True, exist_ok=True)
+    (fault_dir / f"gop-{index:06d}").write_text(action)
+
+
+def started_markers(fault_dir: Path, index: int) -> list[Path]:
+    """The ``started-<index>-<pid>-*`` markers of attempts at GOP ``index``, sorted."""
+    return sorted(fault_dir.glob(f"started-{index:06d}-*"))
+
+
+def marker_pid(marker: Path) -> int:
+    return int(marker.name.split("-")[2])
+
+
+def wait_for_gop_start(fault_dir: Path, index: int, timeout_s: float = 60) -> int:
+    """Wait until an attempt at GOP ``index`` has started; the pid of its process."""
+    wait_for(lambda: bool(started_markers(fault_dir, index)), timeout_s, "the GOP task to start")
+    return marker_pid(started_markers(fault_dir, index)[0])
+
+
+def wait_for_exit(pid: int, what: str, timeout_s: float = 30) -> None:
+    """Wait until process ``pid`` is gone; AssertionError naming ``what`` if it survives."""
+    wait_for(lambda: not pid_alive(pid), timeout_s, what)
+
+
+@dataclass
+class WorkerEnv:
+    """What a runner test works with: a scratch folder, a fresh database and a tenant."""
+
+    tmp_path: Path
+    db_url: str
+    session_factory: sessionmaker[Session]
+    tenant_id: uuid.UUID
+
+    @property
+    def fault_dir(self) -> Path:
+        return self.tmp_path / "faults"
+
+    def runner(
+        self,
+        worker_id: str = "r1",
+        session_factory: sessionmaker[Session] | None = None,
+        **overrides: Any,
+    ) -> Runner:
+        """An in-process runner on local storage under tmp_path, with fault markers on."""
+        settings = worker_settings(
+            self.tmp_path, self.db_url, fault_dir=self.fault_dir, **overrides
+        )
+        return Runner(
+            settings,
+            session_factory or self.session_factory,
+            LocalStorage(settings.resolved_storage_root),
+            worker_id=worker_id,
+        )
+
+    def upload_video(self, runner: Runner, n_frames: int = 6, name: str = "in.mp4") -> str:
+        """Write a synthetic clip and put it into the runner's storage; its key."""
+        src = make_video(self.tmp_path / name, n_frames=n_frames)
+        key = f"uploads/{uuid.uuid4().hex}/{name}"
+        runner.storage.put_file(key, src)
+        return key
+
+    def add_job(self, input_uri: str, **fields: Any) -> uuid.UUID:
+        return add_job(self.session_factory, self.tenant_id, input_uri, **fields)
+
+    def job(self, job_id: uuid.UUID) -> Job:
+        return get_job(self.session_factory, job_id)

@@ -7,34 +7,33 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
-from datetime import timedelta
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from codec.config import CodecConfig
 from codec.container import ContainerReader
 from codec.gop import decode_gop
-from infra.models import Job, JobGop, JobStatus
-from infra.storage import LocalStorage
-from tests.workers.helpers import add_job, get_job, make_video, worker_settings
+from codec.video import probe, read_frames
+from infra.models import JobGop, JobStatus
+from tests.workers.helpers import (
+    TINY_CODEC,
+    WorkerEnv,
+    expire_lease,
+    make_video,
+    started_markers,
+    update_job,
+    wait_for_exit,
+    wait_for_gop_start,
+    write_fault,
+)
 from tests.workers.test_callbacks import Receiver
+from workers.gops import EncodeGopStage, GopSpec, gop_key
 from workers.runner import Runner
-
-
-def _runner(tmp_path: Path, db_url: str, sf: sessionmaker[Session], **overrides: object) -> Runner:
-    settings = worker_settings(tmp_path, db_url, fault_dir=tmp_path / "faults", **overrides)
-    return Runner(settings, sf, LocalStorage(settings.resolved_storage_root), worker_id="r1")
-
-
-def _upload_video(runner: Runner, tmp_path: Path, n_frames: int = 6, name: str = "in.mp4") -> str:
-    src = make_video(tmp_path / name, n_frames=n_frames)
-    key = f"uploads/{uuid.uuid4().hex}/{name}"
-    runner.storage.put_file(key, src)
-    return key
 
 
 def _gop_rows(sf: sessionmaker[Session], job_id: uuid.UUID) -> list[JobGop]:
@@ -44,24 +43,34 @@ def _gop_rows(sf: sessionmaker[Session], job_id: uuid.UUID) -> list[JobGop]:
         )
 
 
+def _start_job_with_hanging_gop(
+    worker_env: WorkerEnv, loop: Callable[[Runner], object]
+) -> tuple[uuid.UUID, int, threading.Thread]:
+    """A 2-frame job whose GOP 0 sleeps 300 s, ``loop(runner)`` running it in a thread, and
+    (once the GOP task has started) the pid of that task's process."""
+    runner = worker_env.runner()
+    key = worker_env.upload_video(runner, n_frames=2)
+    write_fault(worker_env.fault_dir, 0, "sleep 300")
+    job_id = worker_env.add_job(key, gop=2)
+    thread = threading.Thread(target=loop, args=(runner,))
+    thread.start()
+    return job_id, wait_for_gop_start(worker_env.fault_dir, 0), thread
+
+
 @pytest.mark.slow
 def test_job_runs_to_success_with_outputs_and_callback(
-    ray_local: str,
-    tmp_path: Path,
-    db_url: str,
-    session_factory: sessionmaker[Session],
-    tenant_id: uuid.UUID,
+    ray_local: str, worker_env: WorkerEnv
 ) -> None:
-    runner = _runner(tmp_path, db_url, session_factory)
-    key = _upload_video(runner, tmp_path, n_frames=7)
+    runner = worker_env.runner()
+    key = worker_env.upload_video(runner, n_frames=7)
     rx = Receiver([503, 200])  # the first delivery fails; the retry lands
     runner.callbacks = runner.callbacks.__class__(max_tries=3, base_delay_s=0.05)
     try:
-        job_id = add_job(session_factory, tenant_id, key, gop=3, callback_url=rx.url)
+        job_id = worker_env.add_job(key, gop=3, callback_url=rx.url)
         assert runner.run_once()
     finally:
         rx.close()
-    job = get_job(session_factory, job_id)
+    job = worker_env.job(job_id)
     assert job.status == JobStatus.succeeded, (job.error_code, job.error_message)
     assert job.gops_total == 3 and job.gops_done == 3  # 3 + 3 + 1 frames
     assert job.attempts == 1 and job.lease_owner is None and job.finished_at is not None
@@ -71,7 +80,7 @@ def test_job_runs_to_success_with_outputs_and_callback(
         assert out_key.startswith(job.output_prefix), name
         assert store.exists(out_key), name
 
-    gsv = tmp_path / "out.gsv"
+    gsv = worker_env.tmp_path / "out.gsv"
     store.download_file(job.outputs["video"], gsv)
     with ContainerReader(gsv) as reader:
         assert reader.n_frames == 7
@@ -103,14 +112,12 @@ def test_job_runs_to_success_with_outputs_and_callback(
     assert report["psnr_db"] > 10 and 0 < report["ms_ssim"] <= 1
     assert set(report["timings_s"]) >= {"probing", "encoding", "assembling", "verifying"}
 
-    preview = tmp_path / "preview.mp4"
+    preview = worker_env.tmp_path / "preview.mp4"
     store.download_file(job.outputs["preview"], preview)
-    from codec.video import probe
-
     info = probe(preview)
     assert (info.width, info.height) == (48, 32) and info.n_frames == 7
 
-    rows = _gop_rows(session_factory, job_id)
+    rows = _gop_rows(worker_env.session_factory, job_id)
     assert [(r.gop_index, r.first_frame, r.n_frames) for r in rows] == [
         (0, 0, 3),
         (1, 3, 3),
@@ -118,7 +125,7 @@ def test_job_runs_to_success_with_outputs_and_callback(
     ]
     assert store.list_keys(f"{job.output_prefix}gops/") == []  # per-GOP payloads cleaned up
 
-    assert get_job(session_factory, job_id).callback_status == "delivered"
+    assert worker_env.job(job_id).callback_status == "delivered"
     assert len(rx.bodies) == 2
     assert rx.bodies[-1]["id"] == str(job_id) and rx.bodies[-1]["status"] == "succeeded"
     assert rx.bodies[-1]["outputs"] == job.outputs
@@ -142,25 +149,19 @@ def _write_truncated_mp4(tmp_path: Path) -> Path:
     ],
 )
 def test_bad_input_fails_with_code_and_advice(
-    tmp_path: Path,
-    db_url: str,
-    session_factory: sessionmaker[Session],
-    tenant_id: uuid.UUID,
-    case: str,
-    code: str,
-    hint: str,
+    worker_env: WorkerEnv, case: str, code: str, hint: str
 ) -> None:
-    runner = _runner(tmp_path, db_url, session_factory)
+    runner = worker_env.runner()
     key = f"uploads/{case}/input.bin"
     if case == "text":
         runner.storage.put_bytes(key, b"Hello, this is a text file and not a video.\n" * 20)
     elif case == "truncated":
-        runner.storage.put_file(key, _write_truncated_mp4(tmp_path))
+        runner.storage.put_file(key, _write_truncated_mp4(worker_env.tmp_path))
     elif case == "empty":
         runner.storage.put_bytes(key, b"")
-    job_id = add_job(session_factory, tenant_id, key)
+    job_id = worker_env.add_job(key)
     assert runner.run_once()
-    job = get_job(session_factory, job_id)
+    job = worker_env.job(job_id)
     assert job.status == JobStatus.failed
     assert job.error_code == code
     assert job.error_message and hint in job.error_message
@@ -168,57 +169,41 @@ def test_bad_input_fails_with_code_and_advice(
     assert not runner.run_once()  # nothing re-queued
 
 
-def test_input_limits(
-    tmp_path: Path, db_url: str, session_factory: sessionmaker[Session], tenant_id: uuid.UUID
-) -> None:
-    runner = _runner(tmp_path, db_url, session_factory, max_input_pixels=40 * 30)
-    key = _upload_video(runner, tmp_path)
-    job_id = add_job(session_factory, tenant_id, key)
+def test_input_limits(worker_env: WorkerEnv) -> None:
+    runner = worker_env.runner(max_input_pixels=40 * 30)
+    job_id = worker_env.add_job(worker_env.upload_video(runner))
     assert runner.run_once()
-    job = get_job(session_factory, job_id)
+    job = worker_env.job(job_id)
     assert (job.status, job.error_code) == (JobStatus.failed, "input_too_large")
     assert "48x32" in (job.error_message or "") and "downscale" in (job.error_message or "")
 
 
-def test_file_inputs_must_be_under_allowed_roots(
-    tmp_path: Path, db_url: str, session_factory: sessionmaker[Session], tenant_id: uuid.UUID
-) -> None:
-    runner = _runner(tmp_path, db_url, session_factory, allowed_input_roots=[tmp_path / "allowed"])
+def test_file_inputs_must_be_under_allowed_roots(worker_env: WorkerEnv) -> None:
+    tmp_path = worker_env.tmp_path
+    runner = worker_env.runner(allowed_input_roots=[tmp_path / "allowed"])
     outside = make_video(tmp_path / "outside.mp4")
-    job_id = add_job(session_factory, tenant_id, outside.as_uri())
+    job_id = worker_env.add_job(outside.as_uri())
     assert runner.run_once()
-    job = get_job(session_factory, job_id)
+    job = worker_env.job(job_id)
     assert (job.status, job.error_code) == (JobStatus.failed, "input_forbidden")
 
 
 @pytest.mark.slow
 def test_expired_lease_requeues_and_resume_skips_finished_gops(
-    ray_local: str,
-    tmp_path: Path,
-    db_url: str,
-    session_factory: sessionmaker[Session],
-    tenant_id: uuid.UUID,
+    ray_local: str, worker_env: WorkerEnv
 ) -> None:
     """A runner died after finishing GOP 0: the next one takes over and only encodes GOP 1."""
-    from codec.config import CodecConfig
-    from tests.workers.helpers import TINY_CODEC
-    from workers.gops import EncodeGopStage, gop_key
-
-    runner = _runner(tmp_path, db_url, session_factory)
-    key = _upload_video(runner, tmp_path, n_frames=4)
-    job_id = add_job(session_factory, tenant_id, key, gop=2)
-    job = get_job(session_factory, job_id)
+    sf = worker_env.session_factory
+    runner = worker_env.runner()
+    job_id = worker_env.add_job(worker_env.upload_video(runner, n_frames=4), gop=2)
+    job = worker_env.job(job_id)
 
     # what the dead runner left: GOP 0 in storage and in job_gops, a lease in the past
-    from codec.video import read_frames
-
-    local = tmp_path / "in.mp4"
+    local = worker_env.tmp_path / "in.mp4"
     config = CodecConfig.preset("fast", 1).with_overrides(gop=2, **TINY_CODEC).to_dict()
-    from workers.gops import GopSpec
-
     spec0 = GopSpec(0, 0, 2, gop_key(job.output_prefix, 0))
     done0 = EncodeGopStage(config=config).process(spec0, read_frames(local, 0, 2), runner.storage)
-    with session_factory.begin() as s:
+    with sf.begin() as s:
         s.add(
             JobGop(
                 job_id=job_id,
@@ -231,123 +216,63 @@ def test_expired_lease_requeues_and_resume_skips_finished_gops(
                 encode_seconds=done0.encode_seconds,
             )
         )
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(
-                status=JobStatus.running,
-                attempts=1,
-                gops_done=1,
-                lease_owner="dead-runner",
-                lease_expires_at=func.now() - timedelta(seconds=1),
-            )
-        )
+    expire_lease(
+        sf, job_id, 1, status=JobStatus.running, attempts=1, gops_done=1, lease_owner="dead-runner"
+    )
 
     assert runner.run_once()
-    job = get_job(session_factory, job_id)
+    job = worker_env.job(job_id)
     assert job.status == JobStatus.succeeded, (job.error_code, job.error_message)
     assert job.attempts == 2
-    faults = tmp_path / "faults"
-    assert not list(faults.glob("started-000000-*"))  # GOP 0 was not encoded again
-    assert len(list(faults.glob("started-000001-*"))) == 1
-    rows = _gop_rows(session_factory, job_id)
+    faults = worker_env.fault_dir
+    assert not started_markers(faults, 0)  # GOP 0 was not encoded again
+    assert len(started_markers(faults, 1)) == 1
+    rows = _gop_rows(sf, job_id)
     assert [(r.gop_index, r.attempts) for r in rows] == [(0, 1), (1, 1)]
     assert rows[0].payload_bytes == done0.payload_bytes
 
 
 @pytest.mark.slow
 def test_gop_failure_after_ray_retries_requeues_the_job(
-    ray_local: str,
-    tmp_path: Path,
-    db_url: str,
-    session_factory: sessionmaker[Session],
-    tenant_id: uuid.UUID,
+    ray_local: str, worker_env: WorkerEnv
 ) -> None:
-    runner = _runner(tmp_path, db_url, session_factory, gop_max_retries=0)
-    key = _upload_video(runner, tmp_path, n_frames=2)
-    (tmp_path / "faults").mkdir(exist_ok=True)
-    (tmp_path / "faults" / "gop-000000").write_text("raise")
-    job_id = add_job(session_factory, tenant_id, key, gop=2)
+    runner = worker_env.runner(gop_max_retries=0)
+    key = worker_env.upload_video(runner, n_frames=2)
+    write_fault(worker_env.fault_dir, 0, "raise")
+    job_id = worker_env.add_job(key, gop=2)
     assert runner.run_once()
-    job = get_job(session_factory, job_id)
+    job = worker_env.job(job_id)
     assert (job.status, job.attempts, job.error_code) == (JobStatus.queued, 1, "gop_failed")
     assert job.lease_owner is None
     assert runner.run_once()  # the marker was consumed: the second attempt succeeds
-    job = get_job(session_factory, job_id)
+    job = worker_env.job(job_id)
     assert (job.status, job.attempts) == (JobStatus.succeeded, 2)
     assert job.error_code is None
 
 
 @pytest.mark.slow
-def test_cancel_reaches_running_ray_tasks(
-    ray_local: str,
-    tmp_path: Path,
-    db_url: str,
-    session_factory: sessionmaker[Session],
-    tenant_id: uuid.UUID,
-) -> None:
-    from tests.workers.test_tasks import _pid_alive
-
-    runner = _runner(tmp_path, db_url, session_factory)
-    key = _upload_video(runner, tmp_path, n_frames=2)
-    faults = tmp_path / "faults"
-    faults.mkdir(exist_ok=True)
-    (faults / "gop-000000").write_text("sleep 300")
-    job_id = add_job(session_factory, tenant_id, key, gop=2)
-    thread = threading.Thread(target=runner.run_once)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not list(faults.glob("started-000000-*")) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    started = list(faults.glob("started-000000-*"))
-    assert started, "the GOP task never started"
-    pid = int(started[0].name.split("-")[2])
-    with session_factory.begin() as s:
-        s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+def test_cancel_reaches_running_ray_tasks(ray_local: str, worker_env: WorkerEnv) -> None:
+    job_id, pid, thread = _start_job_with_hanging_gop(worker_env, Runner.run_once)
+    update_job(worker_env.session_factory, job_id, cancel_requested=True)
     thread.join(timeout=60)
     assert not thread.is_alive()
-    job = get_job(session_factory, job_id)
+    job = worker_env.job(job_id)
     assert job.status == JobStatus.canceled and job.finished_at is not None
-    deadline = time.monotonic() + 30
-    while _pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _pid_alive(pid), "the running GOP task survived the cancel"
-    assert _gop_rows(session_factory, job_id) == []
+    wait_for_exit(pid, "the running GOP task to end after the cancel")
+    assert _gop_rows(worker_env.session_factory, job_id) == []
 
 
 @pytest.mark.slow
-def test_stopping_the_runner_hands_the_job_back(
-    ray_local: str,
-    tmp_path: Path,
-    db_url: str,
-    session_factory: sessionmaker[Session],
-    tenant_id: uuid.UUID,
-) -> None:
+def test_stopping_the_runner_hands_the_job_back(ray_local: str, worker_env: WorkerEnv) -> None:
     """Ctrl-C on a runner mid-job: running tasks are cancelled, the job is queued again."""
-    from tests.workers.test_tasks import _pid_alive
-
-    runner = _runner(tmp_path, db_url, session_factory)
-    key = _upload_video(runner, tmp_path, n_frames=2)
-    faults = tmp_path / "faults"
-    faults.mkdir(exist_ok=True)
-    (faults / "gop-000000").write_text("sleep 300")
-    job_id = add_job(session_factory, tenant_id, key, gop=2)
     stop = threading.Event()
-    thread = threading.Thread(target=runner.run_forever, args=(stop,))
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not list(faults.glob("started-000000-*")) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    started = list(faults.glob("started-000000-*"))
-    assert started, "the GOP task never started"
+    job_id, pid, thread = _start_job_with_hanging_gop(
+        worker_env, lambda runner: runner.run_forever(stop)
+    )
     stop.set()
     thread.join(timeout=60)
     assert not thread.is_alive()
-    job = get_job(session_factory, job_id)
+    job = worker_env.job(job_id)
     assert job.status == JobStatus.queued and job.lease_owner is None
     assert job.attempts == 0  # an interrupted attempt is not counted against the job
-    pid = int(started[0].name.split("-")[2])
-    deadline = time.monotonic() + 30
-    while _pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _pid_alive(pid)
+    wait_for_exit(pid, "the running GOP task to end after the stop")

@@ -15,66 +15,43 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 from infra.models import JobGop, JobStatus
-from infra.storage import LocalStorage
-from tests.workers.helpers import TINY_CODEC, add_job, get_job, make_video, worker_settings
-from workers.runner import Runner
+from tests.workers.helpers import TINY_CODEC, WorkerEnv, started_markers, wait_for, write_fault
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
 @pytest.mark.slow
 def test_killed_runner_job_finishes_elsewhere_with_same_bytes(
-    ray_local: str,
-    tmp_path: Path,
-    db_url: str,
-    session_factory: sessionmaker[Session],
-    tenant_id: uuid.UUID,
+    ray_local: str, worker_env: WorkerEnv
 ) -> None:
     lease_s = 3.0
-    settings = worker_settings(
-        tmp_path, db_url, fault_dir=tmp_path / "faults", lease_seconds=lease_s, gops_in_flight=2
-    )
-    storage = LocalStorage(settings.resolved_storage_root)
-    survivor = Runner(settings, session_factory, storage, worker_id="survivor")
-    src = make_video(tmp_path / "clip.mp4", n_frames=6)
-    storage.put_file("uploads/clip.mp4", src)
+    survivor = worker_env.runner("survivor", lease_seconds=lease_s, gops_in_flight=2)
+    settings, storage = survivor.settings, survivor.storage
+    key = worker_env.upload_video(survivor, n_frames=6, name="clip.mp4")
 
     # reference: the same job, uninterrupted
-    reference_id = add_job(session_factory, tenant_id, "uploads/clip.mp4", gop=2)
+    reference_id = worker_env.add_job(key, gop=2)
     assert survivor.run_once()
-    reference = get_job(session_factory, reference_id)
+    reference = worker_env.job(reference_id)
     assert reference.status == JobStatus.succeeded, reference.error_message
     reference_bytes = storage.get_bytes(reference.outputs["video"])
 
-    faults = tmp_path / "faults"
+    faults = worker_env.fault_dir
     for p in faults.glob("started-*"):
         p.unlink()
-    (faults / "gop-000001").write_text("sleep 300")
-    job_id = add_job(session_factory, tenant_id, "uploads/clip.mp4", gop=2)
+    write_fault(faults, 1, "sleep 300")
+    job_id = worker_env.add_job(key, gop=2)
 
     env = dict(os.environ)
     env.update(
         {
-            "SPLATPACK_DATABASE_URL": db_url,
+            "SPLATPACK_DATABASE_URL": worker_env.db_url,
             "SPLATPACK_RAY_ADDRESS": ray_local,
             "SPLATPACK_DATA_DIR": str(settings.data_dir),
             "SPLATPACK_STORAGE_BACKEND": "local",
@@ -87,7 +64,7 @@ def test_killed_runner_job_finishes_elsewhere_with_same_bytes(
             "SPLATPACK_POLL_SECONDS": "0.2",
         }
     )
-    log_path = tmp_path / "doomed.log"
+    log_path = worker_env.tmp_path / "doomed.log"
     with open(log_path, "wb") as log:
         doomed = subprocess.Popen(
             [sys.executable, "-m", "workers", "worker", "--worker-id", "doomed"],
@@ -101,14 +78,19 @@ def test_killed_runner_job_finishes_elsewhere_with_same_bytes(
         def doomed_is_mid_job() -> bool:
             if doomed.poll() is not None:
                 raise AssertionError(f"runner exited early:\n{log_path.read_text()[-3000:]}")
-            job = get_job(session_factory, job_id)
+            job = worker_env.job(job_id)
             return (
                 job.lease_owner == "doomed"
                 and job.gops_done >= 1
-                and bool(list(faults.glob("started-000001-*")))
+                and bool(started_markers(faults, 1))
             )
 
-        _wait(doomed_is_mid_job, 120, "the subprocess runner to finish GOP 0 and start GOP 1")
+        wait_for(
+            doomed_is_mid_job,
+            120,
+            "the subprocess runner to finish GOP 0 and start GOP 1",
+            interval_s=0.2,
+        )
         os.kill(doomed.pid, signal.SIGKILL)
         doomed.wait(timeout=30)
     finally:
@@ -116,10 +98,10 @@ def test_killed_runner_job_finishes_elsewhere_with_same_bytes(
             doomed.kill()
             doomed.wait()
     assert doomed.returncode == -signal.SIGKILL
-    killed = get_job(session_factory, job_id)
+    killed = worker_env.job(job_id)
     assert killed.status == JobStatus.running and killed.lease_owner == "doomed"
     assert killed.attempts == 1
-    with session_factory() as s:
+    with worker_env.session_factory() as s:
         rows_at_kill = {
             r.gop_index: r.payload_bytes
             for r in s.scalars(select(JobGop).where(JobGop.job_id == job_id))
@@ -128,11 +110,11 @@ def test_killed_runner_job_finishes_elsewhere_with_same_bytes(
 
     # nothing to claim until the dead runner's lease runs out, then the survivor takes over
     assert survivor.claim() is None
-    _wait(lambda: survivor.run_once(), lease_s + 30, "the lease to expire")
-    job = get_job(session_factory, job_id)
+    wait_for(survivor.run_once, lease_s + 30, "the lease to expire", interval_s=0.2)
+    job = worker_env.job(job_id)
     assert job.status == JobStatus.succeeded, (job.error_code, job.error_message)
     assert job.attempts == 2 and job.gops_done == 3
     # GOP 0 was kept from the dead runner, only GOPs 1 and 2 were encoded again
-    assert len(list(faults.glob("started-000000-*"))) == 1
-    assert len(list(faults.glob("started-000001-*"))) == 2
+    assert len(started_markers(faults, 0)) == 1
+    assert len(started_markers(faults, 1)) == 2
     assert storage.get_bytes(job.outputs["video"]) == reference_bytes

@@ -7,8 +7,6 @@ so a retry runs normally.
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,16 @@ from codec.config import CodecConfig
 from codec.gop import decode_gop
 from infra.settings import Settings
 from infra.storage import LocalStorage
-from tests.workers.helpers import TINY_CODEC, synthetic_frames
+from tests.workers.helpers import (
+    TINY_CODEC,
+    marker_pid,
+    pid_alive,
+    started_markers,
+    synthetic_frames,
+    wait_for_exit,
+    wait_for_gop_start,
+    write_fault,
+)
 from workers.gops import GopResult, plan_gops
 from workers.tasks import GopExecutor, GopTaskError
 
@@ -43,7 +50,7 @@ def _config(gop: int) -> dict[str, Any]:
 
 
 def _started(tmp_path: Path, index: int) -> list[Path]:
-    return sorted((tmp_path / "faults").glob(f"started-{index:06d}-*"))
+    return started_markers(tmp_path / "faults", index)
 
 
 def _run_all(executor: GopExecutor, frames: np.ndarray, gop: int) -> dict[int, GopResult]:
@@ -58,19 +65,6 @@ def _run_all(executor: GopExecutor, frames: np.ndarray, gop: int) -> dict[int, G
         for r in executor.wait(5.0):
             results[r.index] = r
     return results
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie still answers kill(0); look at its state
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.mark.slow
@@ -95,8 +89,7 @@ def test_gops_encode_on_ray_and_land_in_storage(ray_local: str, tmp_path: Path) 
 def test_gop_failing_once_is_retried(ray_local: str, tmp_path: Path, fault: str) -> None:
     frames = synthetic_frames(2)
     settings = _settings(tmp_path, gop_max_retries=2)
-    (tmp_path / "faults").mkdir()
-    (tmp_path / "faults" / "gop-000000").write_text(fault)
+    write_fault(tmp_path / "faults", 0, fault)
     executor = GopExecutor(settings, _config(2))
     results = _run_all(executor, frames, 2)
     assert list(results) == [0]
@@ -104,15 +97,14 @@ def test_gop_failing_once_is_retried(ray_local: str, tmp_path: Path, fault: str)
     started = _started(tmp_path, 0)
     assert len(started) == 2  # the failed attempt and the retry
     if fault == "exit":  # the first worker died; the retry ran in a new process
-        assert started[0].name.split("-")[2] != started[1].name.split("-")[2]
+        assert marker_pid(started[0]) != marker_pid(started[1])
     assert LocalStorage(tmp_path / "storage").exists(f"{PREFIX}gops/000000.gop")
 
 
 @pytest.mark.slow
 def test_without_retries_the_failure_surfaces(ray_local: str, tmp_path: Path) -> None:
     settings = _settings(tmp_path, gop_max_retries=0)
-    (tmp_path / "faults").mkdir()
-    (tmp_path / "faults" / "gop-000000").write_text("raise")
+    write_fault(tmp_path / "faults", 0, "raise")
     executor = GopExecutor(settings, _config(2))
     with pytest.raises(GopTaskError) as info:
         _run_all(executor, synthetic_frames(2), 2)
@@ -134,22 +126,13 @@ def test_codec_config_error_is_not_retried(ray_local: str, tmp_path: Path) -> No
 
 def test_cancel_kills_running_tasks(ray_local: str, tmp_path: Path) -> None:
     settings = _settings(tmp_path)
-    (tmp_path / "faults").mkdir()
-    (tmp_path / "faults" / "gop-000000").write_text("sleep 120")
+    write_fault(tmp_path / "faults", 0, "sleep 120")
     executor = GopExecutor(settings, _config(2))
     plan = plan_gops(2, 2, PREFIX)
     executor.submit(plan.gops[0], synthetic_frames(2))
-    deadline = time.monotonic() + 60
-    while not _started(tmp_path, 0) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    started = _started(tmp_path, 0)
-    assert started, "the GOP task never started"
-    pid = int(started[0].name.split("-")[2])
-    assert _pid_alive(pid)
+    pid = wait_for_gop_start(tmp_path / "faults", 0)
+    assert pid_alive(pid)
     assert executor.cancel_all() == 1
-    deadline = time.monotonic() + 30
-    while _pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _pid_alive(pid), "ray.cancel(force=True) did not stop the worker"
+    wait_for_exit(pid, "ray.cancel(force=True) to stop the worker")
     assert executor.in_flight == 0
     assert not LocalStorage(tmp_path / "storage").exists(plan.gops[0].key)
