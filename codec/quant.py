@@ -157,13 +157,23 @@ def _uniform(lo: float, hi: float, bits: int, floor: float | None = None) -> tup
     return lo32, step
 
 
+def position_bits(span_px: float, cfg: QuantConfig) -> int:
+    """Position bit depth for a grid spanning ``span_px``: the one whose step is nearest
+    ``cfg.xy_step_px``, within [XY_BITS_RANGE[0], cfg.xy_bits]."""
+    if cfg.xy_step_px <= 0:
+        return cfg.xy_bits
+    wanted = round(math.log2(max(span_px / cfg.xy_step_px, 1.0)))
+    return int(min(max(wanted, XY_BITS_RANGE[0]), cfg.xy_bits))
+
+
 def make_grid(g: Gaussians, height: int, width: int, cfg: QuantConfig) -> QuantGrid:
     """The grid for one GOP from its I-frame ``g`` (any device) in a ``height`` x ``width`` frame."""
     if height < 1 or width < 1:
         raise ValueError(f"frame size must be positive, got {height}x{width}")
     side = float(max(height, width))
     margin = cfg.xy_margin * side
-    xy_lo, xy_step = _uniform(-margin, side + margin, cfg.xy_bits)
+    xy_bits = position_bits(side + 2 * margin, cfg)
+    xy_lo, xy_step = _uniform(-margin, side + margin, xy_bits)
     chol = g.chol.detach().double().cpu().numpy().clip(-_VALUE_CLIP, _VALUE_CLIP)  # [N, 3]
     rgb = g.rgb.detach().double().cpu().numpy().clip(-_VALUE_CLIP, _VALUE_CLIP)  # [N, 3]
     chol_lo: list[float] = []
@@ -188,7 +198,7 @@ def make_grid(g: Gaussians, height: int, width: int, cfg: QuantConfig) -> QuantG
         rgb_lo.append(a)
         rgb_step.append(b)
     return QuantGrid(
-        xy_bits=cfg.xy_bits,
+        xy_bits=xy_bits,
         chol_bits=cfg.chol_bits,
         rgb_bits=cfg.rgb_bits,
         xy_lo=xy_lo,

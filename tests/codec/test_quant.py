@@ -52,11 +52,21 @@ def test_round_trip_error_within_half_a_step() -> None:
 
 
 def test_grid_covers_frame_plus_margin_with_power_of_two_levels() -> None:
-    cfg = QuantConfig(xy_bits=10, xy_margin=0.125)
+    cfg = QuantConfig(xy_bits=10, xy_margin=0.125, xy_step_px=0.0)
     grid = make_grid(random_gaussians(10), H, W, cfg)
+    assert grid.xy_bits == 10
     top = grid.xy_lo + (2**10 - 1) * grid.xy_step
     assert grid.xy_lo == pytest.approx(-0.125 * W, abs=1e-4)
     assert top == pytest.approx(1.125 * W, rel=1e-5)
+
+
+def test_position_step_adapts_to_frame_size_within_the_bit_cap() -> None:
+    cfg = QuantConfig(xy_bits=12, xy_step_px=0.2)
+    for side, bits in ((32, 8), (176, 10), (720, 12), (1920, 12)):
+        grid = make_grid(random_gaussians(10), side, side, cfg)
+        assert grid.xy_bits == bits
+        if bits < 12:  # not capped: the step is within a factor sqrt(2) of the target
+            assert 0.2 / 2**0.5 <= grid.xy_step <= 0.2 * 2**0.5
 
 
 def test_robust_range_ignores_outliers_and_clamps() -> None:
