@@ -31,10 +31,19 @@ from codec.metrics import ms_ssim
 from codec.render import get_backend
 
 
-def gsv_rate_point(frames: np.ndarray, fps: Fraction, cfg: CodecConfig, label: str, setting: str) -> RatePoint:
+def gsv_rate_point(
+    frames: np.ndarray, fps: Fraction, cfg: CodecConfig, label: str, setting: str
+) -> RatePoint:
     """Encode ``frames`` (uint8 [T, H, W, 3]) into an in-memory ``.gsv`` and measure it."""
     t_count, h, w, _ = frames.shape
-    header = StreamHeader(width=w, height=h, fps_num=fps.numerator, fps_den=fps.denominator, gop=cfg.gop, codec_params=cfg.to_dict())
+    header = StreamHeader(
+        width=w,
+        height=h,
+        fps_num=fps.numerator,
+        fps_den=fps.denominator,
+        gop=cfg.gop,
+        codec_params=cfg.to_dict(),
+    )
     buffer = io.BytesIO()
     payloads: list[bytes] = []
     recon_parts: list[np.ndarray] = []
@@ -59,7 +68,9 @@ def gsv_rate_point(frames: np.ndarray, fps: Fraction, cfg: CodecConfig, label: s
         decoded = decode_gop(payload)
         decode_seconds += time.perf_counter() - start
         if not np.array_equal(decoded, expected):
-            raise AssertionError(f"{label} {setting}: decoder output differs from the encoder's reconstruction")
+            raise AssertionError(
+                f"{label} {setting}: decoder output differs from the encoder's reconstruction"
+            )
 
     psnrs = [float(s["psnr_db"]) for s in stats]
     ssims = [ms_ssim(a, b)[0] for a, b in zip(frames, recon, strict=True)]
@@ -109,7 +120,9 @@ def init_race(frame: np.ndarray, cfg: CodecConfig, max_iters: int = 20_000) -> d
     sp_seconds = time.perf_counter() - start
     rnd_init = random_init(h, w, n, generator=torch.Generator().manual_seed(cfg.seed))
     start = time.perf_counter()
-    rnd_iters = iters_to_psnr(image, rnd_init, cfg.fit, backend, target_db=30.0, max_iters=max_iters)
+    rnd_iters = iters_to_psnr(
+        image, rnd_init, cfg.fit, backend, target_db=30.0, max_iters=max_iters
+    )
     rnd_seconds = time.perf_counter() - start
     return {
         "gaussians": n,
@@ -119,7 +132,9 @@ def init_race(frame: np.ndarray, cfg: CodecConfig, max_iters: int = 20_000) -> d
         "superpixel_init_seconds": sp_init_seconds,
         "superpixel_fit_seconds": sp_seconds,
         "random_fit_seconds": rnd_seconds,
-        "ratio_random_over_superpixel": (rnd_iters / sp_iters) if (sp_iters and rnd_iters) else None,
+        "ratio_random_over_superpixel": (rnd_iters / sp_iters)
+        if (sp_iters and rnd_iters)
+        else None,
     }
 
 
@@ -148,12 +163,20 @@ def run_full_bench(
         for q in qualities:
             cfg = CodecConfig.preset(preset, q, **overrides)
             points.append(gsv_rate_point(frames, fps, cfg, "splatpack", f"q{q}"))
-            print(f"  splatpack q{q}: {points[-1].bpp:.4f} bpp, {points[-1].psnr_db:.2f} dB", flush=True)
+            print(
+                f"  splatpack q{q}: {points[-1].bpp:.4f} bpp, {points[-1].psnr_db:.2f} dB",
+                flush=True,
+            )
         if baseline:
             for q in qualities:
-                cfg = CodecConfig.preset(preset, q, **{**overrides, "gop": 1, "fit__init": "random"})
+                cfg = CodecConfig.preset(
+                    preset, q, **{**overrides, "gop": 1, "fit__init": "random"}
+                )
                 points.append(gsv_rate_point(frames, fps, cfg, "gaussianimage-baseline", f"q{q}"))
-                print(f"  baseline q{q}: {points[-1].bpp:.4f} bpp, {points[-1].psnr_db:.2f} dB", flush=True)
+                print(
+                    f"  baseline q{q}: {points[-1].bpp:.4f} bpp, {points[-1].psnr_db:.2f} dB",
+                    flush=True,
+                )
         default_cfg = CodecConfig.preset(preset, 5, **overrides)
         extra["init_race"] = init_race(frames[0], default_cfg)
         print(f"  init race: {json.dumps(extra['init_race'])}", flush=True)

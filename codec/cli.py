@@ -44,10 +44,14 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        summary = encode_video(args.input, args.output, config, max_frames=args.frames, roi=args.roi, progress=progress)
+        summary = encode_video(
+            args.input, args.output, config, max_frames=args.frames, roi=args.roi, progress=progress
+        )
     finally:
         bar.close()
-    p_mean = f"{summary.p_frame_bytes_mean:.0f} B" if summary.p_frame_bytes_mean is not None else "n/a"
+    p_mean = (
+        f"{summary.p_frame_bytes_mean:.0f} B" if summary.p_frame_bytes_mean is not None else "n/a"
+    )
     print(
         f"{summary.out_path}: {summary.n_frames} frames {summary.width}x{summary.height} @ {summary.fps} fps, "
         f"{summary.n_bytes} bytes, {summary.bits_per_pixel:.4f} bpp, PSNR {summary.psnr_db:.2f} dB, "
@@ -65,7 +69,9 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     n = decode_video(args.input, args.output)
     seconds = time.perf_counter() - start
-    print(f"{args.output}: {n} frames decoded in {seconds:.2f} s ({n / max(seconds, 1e-9):.1f} fps incl. I/O)")
+    print(
+        f"{args.output}: {n} frames decoded in {seconds:.2f} s ({n / max(seconds, 1e-9):.1f} fps incl. I/O)"
+    )
     return 0
 
 
@@ -86,17 +92,27 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "bits_per_pixel": size * 8 / max(h.width * h.height * reader.n_frames, 1),
         "codec_params": h.codec_params,
         "gops": [
-            {"index": g.index, "first_frame": g.first_frame, "frames": g.n_frames, "offset": g.offset, "bytes": g.length}
+            {
+                "index": g.index,
+                "first_frame": g.first_frame,
+                "frames": g.n_frames,
+                "offset": g.offset,
+                "bytes": g.length,
+            }
             for g in reader.gops
         ],
     }
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"{info['file']}: {h.width}x{h.height}, {info['fps']} fps, {reader.n_frames} frames, GOP {h.gop}")
+    print(
+        f"{info['file']}: {h.width}x{h.height}, {info['fps']} fps, {reader.n_frames} frames, GOP {h.gop}"
+    )
     print(f"  {size} bytes, {info['bits_per_pixel']:.4f} bpp, {len(reader.gops)} GOPs")
     for g in info["gops"]:  # type: ignore[attr-defined]
-        print(f"  GOP {g['index']:4d}: frames {g['first_frame']}..{g['first_frame'] + g['frames'] - 1}, {g['bytes']} bytes at {g['offset']}")
+        print(
+            f"  GOP {g['index']:4d}: frames {g['first_frame']}..{g['first_frame'] + g['frames'] - 1}, {g['bytes']} bytes at {g['offset']}"
+        )
     return 0
 
 
@@ -129,12 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--quality", type=int, default=5, help="1 (smallest) .. 10 (best)")
     enc.add_argument("--gop", type=int, default=30, help="frames per GOP (an I-frame every GOP)")
     enc.add_argument("--frames", type=int, default=None, help="encode only the first N frames")
-    enc.add_argument("--roi", default=None, help="'face' (detect) or a mask image (nonzero = region of interest)")
+    enc.add_argument(
+        "--roi", default=None, help="'face' (detect) or a mask image (nonzero = region of interest)"
+    )
     enc.add_argument("--seed", type=int, default=0)
     enc.add_argument("--init", choices=["superpixel", "random"], default=None)
     enc.add_argument("--quant", choices=["ptq", "qat"], default=None)
-    enc.add_argument("--iters", type=int, default=None, help="I-frame iteration cap (overrides the preset)")
-    enc.add_argument("--p-iters", type=int, default=None, help="P-frame iteration cap (overrides the preset)")
+    enc.add_argument(
+        "--iters", type=int, default=None, help="I-frame iteration cap (overrides the preset)"
+    )
+    enc.add_argument(
+        "--p-iters", type=int, default=None, help="P-frame iteration cap (overrides the preset)"
+    )
     enc.add_argument("--json", default=None, help="also write the summary as JSON here")
     enc.add_argument("--quiet", action="store_true", help="no progress bar")
     enc.set_defaults(func=_cmd_encode)
@@ -152,11 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     ben = sub.add_parser("bench", help="rate-distortion benchmark against x264, x265, SVT-AV1")
     ben.add_argument("clip")
     ben.add_argument("--frames", type=int, default=60)
-    ben.add_argument("--out", default=None, help="results folder (default bench/results/<clip name>)")
+    ben.add_argument(
+        "--out", default=None, help="results folder (default bench/results/<clip name>)"
+    )
     ben.add_argument("--preset", choices=["fast", "slow"], default="fast")
     ben.add_argument("--qualities", default="2,4,6,8")
     ben.add_argument("--gop", type=int, default=30)
-    ben.add_argument("--iters", type=int, default=None, help="I-frame iteration cap (overrides the preset)")
+    ben.add_argument(
+        "--iters", type=int, default=None, help="I-frame iteration cap (overrides the preset)"
+    )
     ben.add_argument("--no-classic", action="store_true")
     ben.add_argument("--no-baseline", action="store_true")
     ben.set_defaults(func=_cmd_bench)

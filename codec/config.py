@@ -36,13 +36,17 @@ class FitConfig:
 
     gaussians_per_kpx: float = 40.0  # Gaussians per 1000 pixels in an I-frame
     init: InitMethod = "superpixel"
-    roi_share: float = 0.5  # fraction of Gaussians placed inside the region of interest, when one is given
+    roi_share: float = (
+        0.5  # fraction of Gaussians placed inside the region of interest, when one is given
+    )
     iframe_iters: int = 600  # iteration cap for I-frames
     pframe_iters: int = 120  # iteration cap for P-frames
     target_psnr_db: float = 60.0  # stop early once the fit reaches this PSNR (60 = effectively off)
     lr: float = 0.02  # base Adam learning rate (scaled per attribute inside fit)
     densify: bool = False  # error-guided densification and pruning in I-frames
-    pframe_threshold: float = 6.0 / 255.0  # per-pixel residual (max over RGB, [0,1] units) that marks a pixel changed
+    pframe_threshold: float = (
+        6.0 / 255.0
+    )  # per-pixel residual (max over RGB, [0,1] units) that marks a pixel changed
     # P-frame rate control: an update is sent only if the energy of the change it makes to the
     # rendered image (codec.gaussians.change_energy, in 8-bit levels^2 * px) reaches this
     pframe_min_update_energy: float = 0.0
@@ -51,7 +55,9 @@ class FitConfig:
     lr_xy_mult: float = 10.0
     lr_chol_mult: float = 5.0
     lr_rgb_mult: float = 1.0
-    lr_schedule: LrSchedule = "plateau"  # "plateau": decay when the loss stalls; "cosine": over the iteration cap
+    lr_schedule: LrSchedule = (
+        "plateau"  # "plateau": decay when the loss stalls; "cosine": over the iteration cap
+    )
     lr_warmup_iters: int = 0  # linear warm-up from 10% of the rate (0 = none)
     lr_min_frac: float = 0.05  # the schedule never goes below lr * lr_min_frac
     lr_patience: int = 40  # plateau: iterations without a 0.1% loss improvement before decaying
@@ -59,9 +65,15 @@ class FitConfig:
     ssim_weight: float = 0.0  # loss = (1 - w) * MSE + w * (1 - SSIM); 0 = plain L2 (fastest)
     densify_every: int = 100  # I-frame densification period (iterations), when densify is on
     densify_until_frac: float = 0.6  # densify only during this leading share of iframe_iters
-    prune_rgb_eps: float = 2.0 / 255.0  # densify: Gaussians whose largest |rgb| is below this are pruned
-    pframe_min_changed_frac: float = 0.001  # P-frames with fewer changed pixels than this share are static
-    pframe_new_threshold: float = 16.0 / 255.0  # 5x5-mean residual above which a P-frame adds Gaussians
+    prune_rgb_eps: float = (
+        2.0 / 255.0
+    )  # densify: Gaussians whose largest |rgb| is below this are pruned
+    pframe_min_changed_frac: float = (
+        0.001  # P-frames with fewer changed pixels than this share are static
+    )
+    pframe_new_threshold: float = (
+        16.0 / 255.0
+    )  # 5x5-mean residual above which a P-frame adds Gaussians
 
     def __post_init__(self) -> None:
         _check_range("gaussians_per_kpx", self.gaussians_per_kpx, 0.5, 1000.0)
@@ -87,7 +99,9 @@ class FitConfig:
         _check_range("pframe_min_changed_frac", self.pframe_min_changed_frac, 0.0, 1.0)
         _check_range("pframe_new_threshold", self.pframe_new_threshold, 0.0, 1.0)
         if self.lr_schedule not in ("plateau", "cosine"):
-            raise CodecConfigError(f"lr_schedule={self.lr_schedule!r} is unknown; use 'plateau' or 'cosine'")
+            raise CodecConfigError(
+                f"lr_schedule={self.lr_schedule!r} is unknown; use 'plateau' or 'cosine'"
+            )
         if self.init not in ("superpixel", "random"):
             raise CodecConfigError(f"init={self.init!r} is unknown; use 'superpixel' or 'random'")
 
@@ -97,7 +111,9 @@ class QuantConfig:
     """Per-attribute bit depths and the quantisation scheme."""
 
     mode: QuantMode = "ptq"
-    xy_bits: int = 12  # position grid: at most 2**xy_bits steps across the larger frame side (plus margins)
+    xy_bits: int = (
+        12  # position grid: at most 2**xy_bits steps across the larger frame side (plus margins)
+    )
     # target position step in pixels: the grid uses the bit depth whose step is nearest this (capped by
     # xy_bits), so small frames do not pay for sub-0.1 px precision; 0 = always use xy_bits. On carphone
     # (176x144) 10 bits (0.21 px) instead of 12 saved 12.6% of the bits for 0.26 dB.
@@ -133,7 +149,9 @@ class CodecConfig:
     fit: FitConfig = field(default_factory=FitConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     seed: int = 0
-    backend: str = "patch"  # render backend for fitting; reconstruction always uses the decoder's renderer
+    backend: str = (
+        "patch"  # render backend for fitting; reconstruction always uses the decoder's renderer
+    )
 
     def __post_init__(self) -> None:
         _check_range("gop", self.gop, 1, 10_000)
@@ -154,7 +172,10 @@ class CodecConfig:
         min_update_energy = 40000.0 / (1.5 ** (quality - 1))
         if name == "fast":
             fit = FitConfig(
-                gaussians_per_kpx=density, iframe_iters=400, pframe_iters=60, pframe_min_update_energy=min_update_energy
+                gaussians_per_kpx=density,
+                iframe_iters=400,
+                pframe_iters=60,
+                pframe_min_update_energy=min_update_energy,
             )
             quant = QuantConfig(mode="ptq", chol_bits=bits, rgb_bits=bits)
         else:

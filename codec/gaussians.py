@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-MIN_CHOL_DIAG = 0.25  # px; keeps Sigma positive definite and Gaussians at least ~a quarter pixel wide
+MIN_CHOL_DIAG = (
+    0.25  # px; keeps Sigma positive definite and Gaussians at least ~a quarter pixel wide
+)
 SIGMA_CUTOFF_SQ = 9.0  # Mahalanobis distance squared beyond which the kernel is zero (3 sigma)
 
 
@@ -122,7 +124,9 @@ def change_energy(old: Gaussians, new: Gaussians) -> Tensor:
     d = new.xy_px - old.xy_px
     det_sum = det(ssum)
     # d^T (Sa + Sb)^-1 d with the 2x2 inverse written out
-    maha = (ssum[:, 2] * d[:, 0] ** 2 - 2 * ssum[:, 1] * d[:, 0] * d[:, 1] + ssum[:, 0] * d[:, 1] ** 2) / det_sum
+    maha = (
+        ssum[:, 2] * d[:, 0] ** 2 - 2 * ssum[:, 1] * d[:, 0] * d[:, 1] + ssum[:, 0] * d[:, 1] ** 2
+    ) / det_sum
     i_ab = 2 * torch.pi * torch.sqrt(det(sa) * det(sb) / det_sum) * torch.exp(-0.5 * maha)
     i_aa = torch.pi * det(sa).sqrt()
     i_bb = torch.pi * det(sb).sqrt()

@@ -34,7 +34,9 @@ from codec.render import RenderBackend, get_backend
 MAX_SIDE_PX = 8192  # largest frame side the codec accepts
 MAX_GOP_FRAMES = 10_000
 MAX_DECODE_BYTES = 8 * 1024**3  # a GOP that would decode to more raw RGB than this is refused
-QAT_FINETUNE_FRACTION = 0.25  # quantisation-aware fine-tuning iterations, as a share of iframe_iters
+QAT_FINETUNE_FRACTION = (
+    0.25  # quantisation-aware fine-tuning iterations, as a share of iframe_iters
+)
 DECODE_BACKEND = "torch"  # the decoder always renders with the reference backend
 
 
@@ -86,7 +88,9 @@ def check_frames(frames: np.ndarray) -> tuple[int, int, int]:
     if t < 1 or t > MAX_GOP_FRAMES:
         raise CodecConfigError(f"a GOP needs 1..{MAX_GOP_FRAMES} frames; got {t}")
     if not (1 <= h <= MAX_SIDE_PX and 1 <= w <= MAX_SIDE_PX):
-        raise CodecConfigError(f"frame size {w}x{h} is out of range; each side must be 1..{MAX_SIDE_PX} px")
+        raise CodecConfigError(
+            f"frame size {w}x{h} is out of range; each side must be 1..{MAX_SIDE_PX} px"
+        )
     return t, h, w
 
 
@@ -95,7 +99,9 @@ def gaussian_count(cfg: CodecConfig, height: int, width: int) -> int:
     return max(1, round(cfg.fit.gaussians_per_kpx * height * width / 1000.0))
 
 
-def _initialise(frame: Tensor, n: int, cfg: CodecConfig, roi_mask: Tensor | None, gen: torch.Generator) -> Gaussians:
+def _initialise(
+    frame: Tensor, n: int, cfg: CodecConfig, roi_mask: Tensor | None, gen: torch.Generator
+) -> Gaussians:
     h, w, _ = frame.shape
     if cfg.fit.init == "random":
         return random_init(h, w, n, generator=gen)
@@ -103,7 +109,11 @@ def _initialise(frame: Tensor, n: int, cfg: CodecConfig, roi_mask: Tensor | None
 
 
 def _code_iframe(
-    frame: Tensor, cfg: CodecConfig, backend: RenderBackend, roi_mask: Tensor | None, gen: torch.Generator
+    frame: Tensor,
+    cfg: CodecConfig,
+    backend: RenderBackend,
+    roi_mask: Tensor | None,
+    gen: torch.Generator,
 ) -> tuple[QGaussians, QuantGrid, bytes, int]:
     """Fit, quantise and entropy-code an I-frame; returns (state in canonical order, grid, bytes, iters)."""
     h, w, _ = frame.shape
@@ -114,7 +124,9 @@ def _code_iframe(
     if cfg.quant.mode == "qat":
         finetune_iters = max(1, int(cfg.fit.iframe_iters * QAT_FINETUNE_FRACTION))
         finetune = replace(cfg.fit, iframe_iters=finetune_iters, densify=False)
-        tuned = fit_iframe(frame, g, finetune, backend, fake_quant=lambda x: fake_quantize(x, grid), generator=gen)
+        tuned = fit_iframe(
+            frame, g, finetune, backend, fake_quant=lambda x: fake_quantize(x, grid), generator=gen
+        )
         g, iters = tuned.gaussians.detach(), iters + tuned.iters
     q = quantize(g, grid)
     q = q.index(canonical_order(q))
@@ -122,7 +134,11 @@ def _code_iframe(
 
 
 def _worthwhile_updates(
-    prev: QGaussians, proposed: QGaussians, changed_idx: Tensor, grid: QuantGrid, min_energy_levels: float
+    prev: QGaussians,
+    proposed: QGaussians,
+    changed_idx: Tensor,
+    grid: QuantGrid,
+    min_energy_levels: float,
 ) -> Tensor:
     """The subset of ``changed_idx`` (int64 [K]) whose update changes the picture enough to pay for its bits."""
     if min_energy_levels <= 0 or changed_idx.numel() == 0:
@@ -174,7 +190,19 @@ def encode_gop_report(
     ref_img = renderer.render_nograd(ref, h, w)
     recon[0] = to_u8(ref_img)
     coded.append((FrameKind.I, data))
-    stats.append(FrameStats(0, "I", len(data), psnr_db(frames[0], recon[0]), len(q_state), len(q_state), len(q_state), iters, time.perf_counter() - start))
+    stats.append(
+        FrameStats(
+            0,
+            "I",
+            len(data),
+            psnr_db(frames[0], recon[0]),
+            len(q_state),
+            len(q_state),
+            len(q_state),
+            iters,
+            time.perf_counter() - start,
+        )
+    )
     if progress:
         progress(1, t_count)
 
@@ -182,13 +210,22 @@ def encode_gop_report(
         start = time.perf_counter()
         prev_frame, frame = frame, to_float(frames[t])
         res = fit_pframe(
-            ref, ref_img, frame, config.fit, backend, fake_quant=fake_quant, generator=gen, prev_frame=prev_frame
+            ref,
+            ref_img,
+            frame,
+            config.fit,
+            backend,
+            fake_quant=fake_quant,
+            generator=gen,
+            prev_frame=prev_frame,
         )
         n_ref = len(q_state)
         q_all = quantize(res.gaussians.detach(), grid)
         old_rows = q_all.index(torch.arange(n_ref))
         changed_idx = torch.nonzero(~old_rows.equal_rows(q_state)).flatten()
-        changed_idx = _worthwhile_updates(q_state, old_rows, changed_idx, grid, config.fit.pframe_min_update_energy)
+        changed_idx = _worthwhile_updates(
+            q_state, old_rows, changed_idx, grid, config.fit.pframe_min_update_energy
+        )
         old_rows = _apply_updates(q_state, old_rows, changed_idx)
         added = q_all.index(torch.arange(n_ref, len(q_all)))
         added = added.index(canonical_order(added))  # added rows travel in Morton order, like intra
@@ -199,7 +236,17 @@ def encode_gop_report(
         recon[t] = to_u8(ref_img)
         coded.append((FrameKind.P, data))
         stats.append(
-            FrameStats(t, "P", len(data), psnr_db(frames[t], recon[t]), len(q_state), int(changed_idx.numel()), len(added), res.iters, time.perf_counter() - start)
+            FrameStats(
+                t,
+                "P",
+                len(data),
+                psnr_db(frames[t], recon[t]),
+                len(q_state),
+                int(changed_idx.numel()),
+                len(added),
+                res.iters,
+                time.perf_counter() - start,
+            )
         )
         if progress:
             progress(t + 1, t_count)
@@ -208,7 +255,9 @@ def encode_gop_report(
     return GopEncodeResult(payload=payload, recon=recon, frames=stats)
 
 
-def encode_gop(frames: np.ndarray, config: CodecConfig, *, roi_mask: np.ndarray | None = None) -> bytes:
+def encode_gop(
+    frames: np.ndarray, config: CodecConfig, *, roi_mask: np.ndarray | None = None
+) -> bytes:
     """Encode ``frames`` (uint8 [T, H, W, 3]) into one independently decodable GOP payload."""
     return encode_gop_report(frames, config, roi_mask=roi_mask).payload
 
@@ -217,10 +266,16 @@ def decode_gop(payload: bytes) -> np.ndarray:
     """Decode a GOP payload to uint8 [T, H, W, 3]; any malformed payload raises BitstreamError."""
     header, coded = unpack_gop(payload)
     h, w, t_count = header.height, header.width, header.n_frames
-    if not (1 <= h <= MAX_SIDE_PX and 1 <= w <= MAX_SIDE_PX) or not (1 <= t_count <= MAX_GOP_FRAMES):
-        raise BitstreamError(f"GOP header claims {t_count} frames of {w}x{h}, outside the codec's limits")
+    if not (1 <= h <= MAX_SIDE_PX and 1 <= w <= MAX_SIDE_PX) or not (
+        1 <= t_count <= MAX_GOP_FRAMES
+    ):
+        raise BitstreamError(
+            f"GOP header claims {t_count} frames of {w}x{h}, outside the codec's limits"
+        )
     if t_count * h * w * 3 > MAX_DECODE_BYTES:
-        raise BitstreamError(f"GOP would decode to {t_count * h * w * 3} bytes, over the {MAX_DECODE_BYTES} limit")
+        raise BitstreamError(
+            f"GOP would decode to {t_count * h * w * 3} bytes, over the {MAX_DECODE_BYTES} limit"
+        )
     if len(coded) != t_count:
         raise BitstreamError(f"GOP header says {t_count} frames but the payload holds {len(coded)}")
     backend = get_backend(DECODE_BACKEND)

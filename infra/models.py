@@ -68,7 +68,9 @@ class ApiKey(Base):
 
     __tablename__ = "api_keys"
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
     prefix: Mapped[str] = mapped_column(String(16), unique=True)
     secret_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
@@ -82,7 +84,9 @@ class Batch(Base):
     )
     __mapper_args__ = {"eager_defaults": True}
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
     source: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)  # the request that made it
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
@@ -94,7 +98,9 @@ class Schedule(Base):
     __tablename__ = "schedules"
     __mapper_args__ = {"eager_defaults": True}
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
     cron: Mapped[str] = mapped_column(String(200))
     input_prefix: Mapped[str] = mapped_column(Text)
     job_template: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
@@ -115,12 +121,18 @@ class Job(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"), index=True)
-    schedule_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("schedules.id", ondelete="SET NULL"))
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="SET NULL"), index=True
+    )
+    schedule_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("schedules.id", ondelete="SET NULL")
+    )
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
 
     # what to do
-    input_uri: Mapped[str] = mapped_column(Text)  # storage key (uploads), s3://bucket/key, or file:///abs/path
+    input_uri: Mapped[str] = mapped_column(
+        Text
+    )  # storage key (uploads), s3://bucket/key, or file:///abs/path
     preset: Mapped[str] = mapped_column(String(20), default="fast")
     quality: Mapped[int] = mapped_column(Integer, default=5)
     gop: Mapped[int] = mapped_column(Integer, default=30)
@@ -134,7 +146,9 @@ class Job(Base):
     callback_url: Mapped[str | None] = mapped_column(Text)
 
     # state
-    status: Mapped[JobStatus] = mapped_column(Enum(JobStatus, name="job_status"), default=JobStatus.queued)
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(JobStatus, name="job_status"), default=JobStatus.queued
+    )
     phase: Mapped[JobPhase | None] = mapped_column(Enum(JobPhase, name="job_phase"))
     gops_total: Mapped[int | None] = mapped_column(Integer)
     gops_done: Mapped[int] = mapped_column(Integer, default=0)
@@ -163,7 +177,9 @@ class JobGop(Base):
     """One GOP of a job: written when its payload is safely in storage (resume skips these)."""
 
     __tablename__ = "job_gops"
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
     gop_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     first_frame: Mapped[int] = mapped_column(Integer)
     n_frames: Mapped[int] = mapped_column(Integer)

@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
     max_request_json_bytes: int = 1024 * 1024
-    allowed_input_roots: list[Path] = Field(default_factory=list)  # file-path inputs must be under one
+    allowed_input_roots: list[Path] = Field(
+        default_factory=list
+    )  # file-path inputs must be under one
     # s3:// inputs outside s3_bucket must name one of these buckets (empty: none allowed)
     allowed_input_buckets: list[str] = Field(default_factory=list)
     max_user_metadata_bytes: int = 16 * 1024  # JSON-encoded size of a job's user metadata
