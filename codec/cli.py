@@ -36,12 +36,17 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     from codec.api import encode_video
 
     config = _config_from_args(args)
-    bar = tqdm(unit="frame", desc="encoding", disable=args.quiet)
+    bar = tqdm(
+        unit="frame",
+        desc="encoding",
+        disable=args.quiet,
+        mininterval=0.1 if sys.stderr.isatty() else 10.0,
+    )
 
     def progress(done: int, total: int | None) -> None:
         bar.total = total
         bar.n = done
-        bar.refresh()
+        bar.update(0)  # redraws only when mininterval has passed
 
     try:
         summary = encode_video(

@@ -245,7 +245,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"job {job_id} {job.get('status')}", flush=True)
         if not args.wait:
             return 0
-        bar = tqdm(total=None, unit="GOP", desc="queued", dynamic_ncols=True)
+        # redraw often on a terminal; in logs (make demo, CI) print a line at most every 10 s
+        interactive = sys.stderr.isatty()
+        bar = tqdm(
+            total=None,
+            unit="GOP",
+            desc="queued",
+            dynamic_ncols=True,
+            mininterval=0.1 if interactive else 10.0,
+        )
 
         def update(state: dict[str, Any]) -> None:
             total = state.get("gops_total")
@@ -253,16 +261,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 bar.total = total
             bar.set_description(str(state.get("phase") or state.get("status")))
             bar.n = int(state.get("gops_done") or 0)
-            bar.refresh()
+            bar.update(0)  # redraws only when mininterval has passed
 
         try:
             final = client.wait(job_id, poll_s=args.poll, on_update=update)
         finally:
             bar.close()
         if final.get("status") != "succeeded":
-            code = final.get("error_code") or final.get("status")
+            error = final.get("error") or {}
             return _error(
-                f"job {job_id} {final.get('status')}: {code}: {final.get('error_message')}"
+                f"job {job_id} {final.get('status')}: "
+                f"{error.get('code') or final.get('status')}: {error.get('message') or 'no details'}"
             )
         out_dir = Path(args.out or job_id)
         files = client.download_outputs(final, out_dir)

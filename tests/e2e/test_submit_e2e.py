@@ -158,3 +158,42 @@ def test_submit_wait_download_decode(
     listing = capsys.readouterr().out
     assert job_id in listing and "succeeded" in listing
     assert elapsed < 120
+
+
+@pytest.mark.slow
+def test_submit_of_a_non_video_reports_the_jobs_error(
+    ray_local: str,
+    api_server: tuple[str, S3Storage],
+    tmp_path: Path,
+    db_url: str,
+    s3_endpoint: str,
+    session_factory: sessionmaker[Session],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A file that is not a video fails the job; `submit --wait` says why and exits 2."""
+    api_url, storage = api_server
+    with session_factory.begin() as s:
+        api_key = create_tenant_key(s, "e2e-bad")
+    settings = worker_settings(
+        tmp_path,
+        db_url,
+        storage_backend="s3",
+        s3_bucket=storage.bucket,
+        s3_endpoint_url=s3_endpoint,
+    )
+    runner = Runner(settings, session_factory, storage, worker_id="e2e-bad-runner")
+    stop = threading.Event()
+    worker = threading.Thread(target=runner.run_forever, args=(stop,), daemon=True)
+    worker.start()
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("this is not a video\n" * 50)
+    try:
+        code = main(
+            ["submit", str(notes), "--wait", "--api", api_url, "--key", api_key, "--poll", "0.3"]
+        )
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "failed" in err and "input_" in err and "no details" not in err, err
