@@ -36,6 +36,9 @@ class FrameKind(IntEnum):
 
     I = 0  # noqa: E741
     P = 1
+    I_NEW_GRID = (
+        2  # scene-cut I-frame inside a GOP: the record starts with its own QuantGrid (59 bytes)
+    )
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,7 @@ def unpack_gop(payload: bytes) -> tuple[GopHeader, list[tuple[FrameKind, bytes]]
         if pos >= len(data):
             raise BitstreamError(f"{what}: frame {i} of {n_frames} missing at byte {pos}")
         kind_byte = data[pos]
-        if kind_byte not in (FrameKind.I, FrameKind.P):
+        if kind_byte not in (FrameKind.I, FrameKind.P, FrameKind.I_NEW_GRID):
             raise BitstreamError(f"{what}: frame {i} has unknown kind {kind_byte} at byte {pos}")
         if i == 0 and kind_byte != FrameKind.I:
             raise BitstreamError(f"{what}: the first frame is not an I-frame (byte {pos})")

@@ -50,7 +50,10 @@ class FitConfig:
     # P-frame rate control: an update is sent only if the energy of the change it makes to the
     # rendered image (codec.gaussians.change_energy, in 8-bit levels^2 * px) reaches this
     pframe_min_update_energy: float = 0.0
-    pframe_max_new_frac: float = 0.05  # at most this fraction of N new Gaussians per P-frame
+    pframe_max_new_frac: float = 0.05
+    # scene cut: a frame whose previous reconstruction is below this PSNR is coded as an I-frame
+    # (inside the GOP, on the GOP's quantisation grid); 0 disables
+    scene_cut_psnr_db: float = 20.0  # at most this fraction of N new Gaussians per P-frame
     # Per-attribute Adam step sizes are lr * mult: xy and chol in pixels, rgb in [0,1] colour units.
     lr_xy_mult: float = 10.0
     lr_chol_mult: float = 5.0
@@ -85,6 +88,7 @@ class FitConfig:
         _check_range("pframe_threshold", self.pframe_threshold, 0.0, 1.0)
         _check_range("pframe_max_new_frac", self.pframe_max_new_frac, 0.0, 1.0)
         _check_range("pframe_min_update_energy", self.pframe_min_update_energy, 0.0, 1e9)
+        _check_range("scene_cut_psnr_db", self.scene_cut_psnr_db, 0.0, 100.0)
         _check_range("lr_xy_mult", self.lr_xy_mult, 0.0, 1000.0)
         _check_range("lr_chol_mult", self.lr_chol_mult, 0.0, 1000.0)
         _check_range("lr_rgb_mult", self.lr_rgb_mult, 0.0, 1000.0)

@@ -28,7 +28,15 @@ from codec.fit import fit_iframe, fit_pframe
 from codec.gaussians import Gaussians, change_energy
 from codec.init import random_init, superpixel_init
 from codec.metrics import psnr_db
-from codec.quant import QGaussians, QuantGrid, dequantize, fake_quantize, make_grid, quantize
+from codec.quant import (
+    GRID_NBYTES,
+    QGaussians,
+    QuantGrid,
+    dequantize,
+    fake_quantize,
+    make_grid,
+    quantize,
+)
 from codec.render import RenderBackend, get_backend
 
 MAX_SIDE_PX = 8192  # largest frame side the codec accepts
@@ -38,6 +46,7 @@ QAT_FINETUNE_FRACTION = (
     0.25  # quantisation-aware fine-tuning iterations, as a share of iframe_iters
 )
 DECODE_BACKEND = "torch"  # the decoder always renders with the reference backend
+SCENE_CUT_DROP_DB = 6.0  # a scene cut also needs the reference to fit the new frame this much worse
 
 
 @dataclass
@@ -115,7 +124,7 @@ def _code_iframe(
     roi_mask: Tensor | None,
     gen: torch.Generator,
 ) -> tuple[QGaussians, QuantGrid, bytes, int]:
-    """Fit, quantise and entropy-code an I-frame; returns (state in canonical order, grid, bytes, iters)."""
+    """Fit, quantise and entropy-code an I-frame; returns (state in canonical order, its grid, bytes, iters)."""
     h, w, _ = frame.shape
     init = _initialise(frame, gaussian_count(cfg, h, w), cfg, roi_mask, gen)
     fitted = fit_iframe(frame, init, cfg.fit, backend, generator=gen)
@@ -131,6 +140,17 @@ def _code_iframe(
     q = quantize(g, grid)
     q = q.index(canonical_order(q))
     return q, grid, encode_intra(q, grid), iters
+
+
+def _fake_quant_on(grid: QuantGrid) -> Callable[[Gaussians], Gaussians]:
+    """Straight-through quantisation onto ``grid`` for quantisation-aware P-frame fitting."""
+    return lambda g: fake_quantize(g, grid)
+
+
+def _is_scene_cut(psnr_on_next_db: float, psnr_on_own_db: float, cut_db: float) -> bool:
+    """The previous reconstruction fits the next frame badly (below ``cut_db``) and much worse
+    than it fit its own frame (by SCENE_CUT_DROP_DB): new content, not motion at low quality."""
+    return psnr_on_next_db < cut_db and psnr_on_next_db < psnr_on_own_db - SCENE_CUT_DROP_DB
 
 
 def _worthwhile_updates(
@@ -185,7 +205,7 @@ def encode_gop_report(
     frame = to_float(frames[0])
     q_state, grid, data, iters = _code_iframe(frame, config, backend, roi, gen)
     if config.quant.mode == "qat":
-        fake_quant = lambda g: fake_quantize(g, grid)  # noqa: E731
+        fake_quant = _fake_quant_on(grid)
     ref = dequantize(q_state, grid)
     ref_img = renderer.render_nograd(ref, h, w)
     recon[0] = to_u8(ref_img)
@@ -209,6 +229,27 @@ def encode_gop_report(
     for t in range(1, t_count):
         start = time.perf_counter()
         prev_frame, frame = frame, to_float(frames[t])
+        cut = config.fit.scene_cut_psnr_db
+        if cut > 0 and _is_scene_cut(psnr_db(frames[t], recon[t - 1]), stats[-1].psnr_db, cut):
+            # scene cut: the reference has little to offer, start this frame afresh
+            q_state, grid, data, iters = _code_iframe(frame, config, backend, roi, gen)
+            if config.quant.mode == "qat":
+                fake_quant = _fake_quant_on(grid)
+            data = (
+                grid.to_bytes() + data
+            )  # this I-frame brings its own grid for the rest of the GOP
+            ref = dequantize(q_state, grid)
+            ref_img = renderer.render_nograd(ref, h, w)
+            recon[t] = to_u8(ref_img)
+            coded.append((FrameKind.I_NEW_GRID, data))
+            n = len(q_state)
+            seconds = time.perf_counter() - start
+            stats.append(
+                FrameStats(t, "I", len(data), psnr_db(frames[t], recon[t]), n, n, n, iters, seconds)
+            )
+            if progress:
+                progress(t + 1, t_count)
+            continue
         res = fit_pframe(
             ref,
             ref_img,
@@ -281,12 +322,16 @@ def decode_gop(payload: bytes) -> np.ndarray:
     backend = get_backend(DECODE_BACKEND)
     out = np.empty((t_count, h, w, 3), dtype=np.uint8)
     state: QGaussians | None = None
+    grid = header.grid
     for t, (kind, data) in enumerate(coded):
         if kind == FrameKind.I:
-            state = decode_intra(data, header.grid)
+            state = decode_intra(data, grid)
+        elif kind == FrameKind.I_NEW_GRID:
+            grid = QuantGrid.from_bytes(data[:GRID_NBYTES])
+            state = decode_intra(data[GRID_NBYTES:], grid)
         elif state is None:
             raise BitstreamError("GOP starts with a P-frame; the first frame must be an I-frame")
         else:
-            state = decode_inter(data, state, header.grid)
-        out[t] = to_u8(backend.render_nograd(dequantize(state, header.grid), h, w))
+            state = decode_inter(data, state, grid)
+        out[t] = to_u8(backend.render_nograd(dequantize(state, grid), h, w))
     return out

@@ -194,6 +194,9 @@ def make_grid(g: Gaussians, height: int, width: int, cfg: QuantConfig) -> QuantG
         chol_step.append(b)
         col = rgb[:, c][np.isfinite(rgb[:, c])]
         lo, hi = _robust_range(col, cfg.range_quantile) if col.size else (0.0, 1.0)
+        # the grid serves the whole GOP: colours always cover [0, 1] so that a GOP that
+        # starts on a black or flat frame can still show the scene that follows
+        lo, hi = min(lo, 0.0), max(hi, 1.0)
         a, b = _uniform(lo, hi, cfg.rgb_bits)
         rgb_lo.append(a)
         rgb_step.append(b)

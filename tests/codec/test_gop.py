@@ -90,3 +90,16 @@ def test_garbage_payload_raises_bitstream_error() -> None:
     for _ in range(20):
         with pytest.raises(BitstreamError):
             decode_gop(bytes(rng.integers(0, 256, size=64, dtype=np.uint8)))
+
+
+def test_scene_cut_inside_a_gop_becomes_an_i_frame() -> None:
+    """A GOP that starts black and cuts to a scene: the cut is coded as an I-frame with its own
+    quantisation grid, and the scene is reproduced (not clamped to the black frame's ranges)."""
+    scene = moving_blob_frames(t=3)
+    frames = np.concatenate([np.zeros_like(scene[:1]), scene])
+    result = encode_gop_report(frames, tiny_config())
+    assert [f.kind for f in result.frames] == ["I", "I", "P", "P"]
+    assert min(f.psnr_db for f in result.frames[1:]) > 18.0
+    np.testing.assert_array_equal(decode_gop(result.payload), result.recon)
+    without = encode_gop_report(frames, tiny_config(fit__scene_cut_psnr_db=0.0))
+    assert [f.kind for f in without.frames] == ["I", "P", "P", "P"]

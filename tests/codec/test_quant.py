@@ -111,7 +111,8 @@ def test_degenerate_sets_give_valid_grids(n: int) -> None:
     grid = make_grid(g, H, W, QuantConfig())
     assert grid.problem() is None
     back = dequantize(quantize(g, grid), grid)
-    assert torch.allclose(back.rgb, g.rgb, atol=1e-3)
+    # colours always span at least [0, 1] (the grid serves the whole GOP): within half a step
+    assert torch.allclose(back.rgb, g.rgb, atol=max(grid.rgb_step) / 2 + 1e-6)
 
 
 def test_nan_quantises_to_level_zero() -> None:
