@@ -10,6 +10,7 @@ progress and downloads the outputs (307 redirects to presigned S3 URLs).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -65,6 +66,34 @@ def api_server(
         _stop_process(proc)
 
 
+@contextlib.contextmanager
+def running_runner(
+    tmp_path: Path,
+    db_url: str,
+    s3_endpoint: str,
+    storage: S3Storage,
+    session_factory: sessionmaker[Session],
+    worker_id: str,
+) -> Iterator[None]:
+    """A real Runner on S3 storage, polling in a background thread for the block's duration."""
+    settings = worker_settings(
+        tmp_path,
+        db_url,
+        storage_backend="s3",
+        s3_bucket=storage.bucket,
+        s3_endpoint_url=s3_endpoint,
+    )
+    runner = Runner(settings, session_factory, storage, worker_id=worker_id)
+    stop = threading.Event()
+    worker = threading.Thread(target=runner.run_forever, args=(stop,), daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+
+
 @pytest.mark.slow
 def test_submit_wait_download_decode(
     ray_local: str,
@@ -78,20 +107,9 @@ def test_submit_wait_download_decode(
     api_url, storage = api_server
     with session_factory.begin() as s:
         api_key = create_tenant_key(s, "e2e")
-    settings = worker_settings(
-        tmp_path,
-        db_url,
-        storage_backend="s3",
-        s3_bucket=storage.bucket,
-        s3_endpoint_url=s3_endpoint,
-    )
-    runner = Runner(settings, session_factory, storage, worker_id="e2e-runner")
-    stop = threading.Event()
-    worker = threading.Thread(target=runner.run_forever, args=(stop,), daemon=True)
-    worker.start()
     src = make_video(tmp_path / "clip.mp4", n_frames=6)
     out_dir = tmp_path / "outputs"
-    try:
+    with running_runner(tmp_path, db_url, s3_endpoint, storage, session_factory, "e2e-runner"):
         started = time.monotonic()
         code = main(
             [
@@ -113,9 +131,6 @@ def test_submit_wait_download_decode(
             ]
         )
         elapsed = time.monotonic() - started
-    finally:
-        stop.set()
-        worker.join(timeout=60)
     out = capsys.readouterr().out
     assert code == 0, out
     assert "PSNR" in out
@@ -174,26 +189,12 @@ def test_submit_of_a_non_video_reports_the_jobs_error(
     api_url, storage = api_server
     with session_factory.begin() as s:
         api_key = create_tenant_key(s, "e2e-bad")
-    settings = worker_settings(
-        tmp_path,
-        db_url,
-        storage_backend="s3",
-        s3_bucket=storage.bucket,
-        s3_endpoint_url=s3_endpoint,
-    )
-    runner = Runner(settings, session_factory, storage, worker_id="e2e-bad-runner")
-    stop = threading.Event()
-    worker = threading.Thread(target=runner.run_forever, args=(stop,), daemon=True)
-    worker.start()
     notes = tmp_path / "notes.mp4"
     notes.write_text("this is not a video\n" * 50)
-    try:
+    with running_runner(tmp_path, db_url, s3_endpoint, storage, session_factory, "e2e-bad-runner"):
         code = main(
             ["submit", str(notes), "--wait", "--api", api_url, "--key", api_key, "--poll", "0.3"]
         )
-    finally:
-        stop.set()
-        worker.join(timeout=60)
     err = capsys.readouterr().err
     assert code == 2
     assert "failed" in err and "input_" in err and "no details" not in err, err
