@@ -44,15 +44,6 @@ class EncodeSummary:
         return self.n_frames / self.encode_seconds if self.encode_seconds > 0 else 0.0
 
 
-def _roi_for(roi: RoiSpec, first_frame: np.ndarray) -> np.ndarray | None:
-    if roi is None:
-        return None
-    h, w, _ = first_frame.shape
-    if str(roi) == "face":
-        return detect_face_roi(first_frame)
-    return load_roi_mask(Path(roi), h, w).numpy()
-
-
 def encode_video(
     in_path: str | Path,
     out_path: str | Path,
@@ -75,15 +66,16 @@ def encode_video(
         gop=config.gop,
         codec_params=config.to_dict(),
     )
-    mask: np.ndarray | None = None
-    if roi is not None and str(roi) != "face":
-        mask = load_roi_mask(Path(roi), info.height, info.width).numpy()
+    detect_faces = roi is not None and str(roi) == "face"
+    file_mask: np.ndarray | None = None  # a mask file is read once; faces are detected per GOP
+    if roi is not None and not detect_faces:
+        file_mask = load_roi_mask(Path(roi), info.height, info.width).numpy()
     frames_done = 0
     stats: list[dict[str, object]] = []
     start = time.perf_counter()
     with ContainerWriter(Path(out_path), header) as writer:
         for gop_index, (first, frames) in enumerate(iter_gops(in_path, config.gop, max_frames)):
-            gop_mask = mask if mask is not None else _roi_for(roi, frames[0])
+            gop_mask = detect_face_roi(frames[0]) if detect_faces else file_mask
             base = frames_done
 
             def on_frame(done: int, _total: int, base: int = base) -> None:

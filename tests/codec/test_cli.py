@@ -94,3 +94,18 @@ def test_user_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["decode", str(garbage), "-o", str(tmp_path / "o.mp4")]) == 2
     assert main(["encode", str(not_video), "-o", str(tmp_path / "x.gsv"), "--quality", "11"]) == 2
     assert not (tmp_path / "x.gsv").exists()
+
+
+def test_encode_with_roi_mask_file_and_face_detection(clip: Path, tmp_path: Path) -> None:
+    import cv2
+
+    mask = np.zeros((24, 32), dtype=np.uint8)
+    mask[4:20, 4:16] = 255
+    mask_path = tmp_path / "roi.png"
+    cv2.imwrite(str(mask_path), mask)
+    for roi in (str(mask_path), "face"):  # the synthetic clip has no face: detection finds none
+        gsv = tmp_path / f"roi-{roi == 'face'}.gsv"
+        assert main(["encode", str(clip), "-o", str(gsv), "--gop", "5", "--roi", roi, *FAST_ARGS]) == 0
+        assert ContainerReader(gsv).n_frames == 5
+    bad = tmp_path / "missing.png"
+    assert main(["encode", str(clip), "-o", str(tmp_path / "x.gsv"), "--roi", str(bad), *FAST_ARGS]) == 2
