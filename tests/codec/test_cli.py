@@ -105,7 +105,12 @@ def test_encode_with_roi_mask_file_and_face_detection(clip: Path, tmp_path: Path
     cv2.imwrite(str(mask_path), mask)
     for roi in (str(mask_path), "face"):  # the synthetic clip has no face: detection finds none
         gsv = tmp_path / f"roi-{roi == 'face'}.gsv"
-        assert main(["encode", str(clip), "-o", str(gsv), "--gop", "5", "--roi", roi, *FAST_ARGS]) == 0
+        assert (
+            main(["encode", str(clip), "-o", str(gsv), "--gop", "5", "--roi", roi, *FAST_ARGS]) == 0
+        )
         assert ContainerReader(gsv).n_frames == 5
     bad = tmp_path / "missing.png"
-    assert main(["encode", str(clip), "-o", str(tmp_path / "x.gsv"), "--roi", str(bad), *FAST_ARGS]) == 2
+    assert (
+        main(["encode", str(clip), "-o", str(tmp_path / "x.gsv"), "--roi", str(bad), *FAST_ARGS])
+        == 2
+    )
