@@ -2,6 +2,8 @@
 
 ``resolve_database_url(settings)`` gives ``settings.database_url`` or starts (or
 attaches to) the embedded Postgres under ``settings.data_dir / "pg"``.
+``make_engine(url, settings)`` sizes its connection pool from the settings
+(``db_pool_size``, ``db_max_overflow``, ``db_pool_timeout_s``).
 ``run_migrations(url)`` upgrades a database to the newest Alembic revision with a
 programmatic config (no ``alembic.ini`` needed, so the installed package works);
 concurrent callers are serialised by a Postgres advisory lock.
@@ -40,9 +42,25 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(url: str, **kwargs: object) -> Engine:
-    """An engine with pre-ping (survives server restarts) and a short connect timeout."""
+def pool_options(settings: Settings) -> dict[str, object]:
+    """The connection-pool arguments of ``create_engine`` that ``settings`` ask for."""
+    return {
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_max_overflow,
+        "pool_timeout": settings.db_pool_timeout_s,
+    }
+
+
+def make_engine(url: str, settings: Settings | None = None, **kwargs: object) -> Engine:
+    """An engine with pre-ping (survives server restarts) and a short connect timeout.
+
+    With ``settings``, the pool is sized by ``db_pool_size``, ``db_max_overflow`` and
+    ``db_pool_timeout_s``; without, SQLAlchemy's defaults (5, 10, 30 s) apply.
+    ``kwargs`` override both.
+    """
     options: dict[str, object] = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
+    if settings is not None:
+        options.update(pool_options(settings))
     options.update(kwargs)
     return create_engine(normalize_url(url), **options)  # type: ignore[arg-type]
 

@@ -159,7 +159,8 @@ class Job(Base):
     outputs: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)  # name -> storage key
     report: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    callback_status: Mapped[str | None] = mapped_column(String(32))  # pending|delivered|gave_up
+    # pending | delivered | gave_up | refused (by the SSRF guard, infra/callback_urls.py)
+    callback_status: Mapped[str | None] = mapped_column(String(32))
 
     # lease
     lease_owner: Mapped[str | None] = mapped_column(String(200))
@@ -189,3 +190,25 @@ class JobGop(Base):
     encode_seconds: Mapped[float | None] = mapped_column(Float)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+# upper bounds (seconds) of the GOP encode-time histogram; migration 0002 created one row each
+GOP_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+class GopEncodeSecondsBucket(Base):
+    """The running histogram of ``job_gops.encode_seconds``, one row per bucket.
+
+    Kept by the trigger ``job_gops_encode_seconds_histogram`` (migration 0002): every
+    GOP row inserted (or re-encoded: ``encode_seconds`` updated) adds 1 to
+    ``observations`` and its seconds to ``seconds_sum`` of the first bucket whose
+    upper bound ``le`` (``+inf`` last) is at least its value, in the same
+    transaction. Reading the histogram is one small query whatever the size of
+    ``job_gops``, and the counts only grow (deleting jobs does not take them back),
+    as Prometheus counters must.
+    """
+
+    __tablename__ = "gop_encode_seconds_buckets"
+    le: Mapped[float] = mapped_column(Float, primary_key=True)
+    observations: Mapped[int] = mapped_column(BigInteger, default=0)
+    seconds_sum: Mapped[float] = mapped_column(Float, default=0.0)

@@ -10,11 +10,28 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, IPvAnyNetwork
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
+    """Every knob, one field each; the env var is ``SPLATPACK_`` + the field name in capitals.
+
+    Lists and dicts are JSON in the environment. A few that deployments usually set:
+
+    - Database pool (per process, ``infra.db.make_engine``): ``db_pool_size``
+      connections kept open (default 5), up to ``db_max_overflow`` more under load
+      (default 10), and a request waits ``db_pool_timeout_s`` (default 30 s) for a
+      free one before the API answers 503 ``database_busy``. Keep (API replicas +
+      runners) x (``db_pool_size`` + ``db_max_overflow``) under Postgres'
+      ``max_connections``.
+    - Callbacks (SSRF guard, ``infra.callback_urls``): only publicly routable
+      addresses unless ``callback_allow_private`` (loopback and private networks:
+      the all-in-one demo, tests, in-cluster receivers) or ``callback_allowed_cidrs``
+      (listed networks) say otherwise; URLs longer than ``callback_max_url_length``
+      are refused.
+    """
+
     model_config = SettingsConfigDict(env_prefix="SPLATPACK_", env_file=None, extra="ignore")
 
     # where local state lives (embedded Postgres data, local storage, scratch)
@@ -22,6 +39,11 @@ class Settings(BaseSettings):
 
     # database: a SQLAlchemy URL (postgresql+psycopg://...); empty = start the embedded server
     database_url: str = ""
+    # connection pool per process: db_pool_size kept open, up to db_max_overflow more on demand,
+    # db_pool_timeout_s to wait for a free one (then the API answers 503)
+    db_pool_size: int = Field(default=5, ge=1, le=500)
+    db_max_overflow: int = Field(default=10, ge=0, le=1000)
+    db_pool_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
     # storage
     storage_backend: Literal["local", "s3"] = "local"
@@ -63,7 +85,8 @@ class Settings(BaseSettings):
     auto_migrate: bool = True  # the API runs Alembic migrations at startup
     scheduler_interval_seconds: float = 30.0  # how often the API runs due schedules; 0 = never
 
-    # input limits (checked when probing)
+    # input limits (checked by the runner: bytes before fetching the input, the rest when probing)
+    max_input_bytes: int = Field(default=4 * 1024 * 1024 * 1024, ge=1)
     max_input_frames: int = 100_000
     max_input_pixels: int = 3840 * 2160
     max_input_seconds: float = 4 * 3600.0
@@ -74,6 +97,15 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     poll_seconds: float = 1.0
     callback_max_tries: int = 5
+
+    # callbacks: the SSRF guard (infra/callback_urls.py). By default callbacks go only to
+    # publicly routable addresses, checked at submit and again at delivery.
+    # true also admits loopback and private networks (all-in-one demo, tests, in-cluster receivers)
+    callback_allow_private: bool = False
+    # networks admitted whatever their kind; JSON in SPLATPACK_CALLBACK_ALLOWED_CIDRS,
+    # e.g. '["10.20.0.0/16", "fd00:1::/64"]'
+    callback_allowed_cidrs: list[IPvAnyNetwork] = Field(default_factory=list)
+    callback_max_url_length: int = Field(default=2048, ge=32, le=8192)
 
     @property
     def resolved_storage_root(self) -> Path:

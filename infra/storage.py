@@ -102,7 +102,9 @@ class Storage(Protocol):
     def delete(self, key: str) -> None: ...
     def list_keys(self, prefix: str = "") -> list[str]: ...
     def presign_get(self, key: str, expires_s: int = 3600) -> str | None: ...
-    def presign_put(self, key: str, expires_s: int = 3600) -> str | None: ...
+    def presign_put(
+        self, key: str, expires_s: int = 3600, *, content_length: int | None = None
+    ) -> str | None: ...
     def uri(self, key: str) -> str: ...
 
 
@@ -217,7 +219,10 @@ class LocalStorage:
         validate_key(key)
         return None
 
-    def presign_put(self, key: str, expires_s: int = 3600) -> str | None:
+    def presign_put(
+        self, key: str, expires_s: int = 3600, *, content_length: int | None = None
+    ) -> str | None:
+        """None: local storage cannot presign (clients POST to /v1/uploads)."""
         validate_key(key)
         return None
 
@@ -402,12 +407,17 @@ class S3Storage:
             )
         )
 
-    def presign_put(self, key: str, expires_s: int = 3600) -> str | None:
+    def presign_put(
+        self, key: str, expires_s: int = 3600, *, content_length: int | None = None
+    ) -> str | None:
+        """A presigned PUT; with ``content_length`` the length is signed, so S3 refuses a
+        body of any other size."""
+        params: dict[str, object] = {"Bucket": self.bucket, "Key": validate_key(key)}
+        if content_length is not None:
+            params["ContentLength"] = int(content_length)
         return str(
             self._client.generate_presigned_url(
-                "put_object",
-                Params={"Bucket": self.bucket, "Key": validate_key(key)},
-                ExpiresIn=int(expires_s),
+                "put_object", Params=params, ExpiresIn=int(expires_s)
             )
         )
 

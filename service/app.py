@@ -52,7 +52,7 @@ def create_app(
         url = resolve_database_url(settings)
         if settings.auto_migrate:
             run_migrations(url)
-        owned_engine = make_engine(url)
+        owned_engine = make_engine(url, settings)
         session_factory = make_session_factory(owned_engine)
     if storage is None:
         storage = make_storage(settings)

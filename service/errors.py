@@ -1,7 +1,9 @@
 """One error shape for every failure: ``{"error": {"code", "message", "details"?}}``.
 
 Messages say what was wrong and what to do about it. Validation errors list each
-bad field; malformed JSON is a 400; bodies over the size limit are a 413.
+bad field; malformed JSON is a 400; bodies over the size limit are a 413; no free
+database connection within ``db_pool_timeout_s`` is a 503 ``database_busy`` and
+an unreachable database a 503 ``database_unavailable`` (both with Retry-After).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -130,6 +133,28 @@ def install_error_handlers(app: FastAPI) -> None:
             body = error_body(code, message)
         return JSONResponse(status_code=exc.status_code, content=body, headers=exc.headers)
 
+    async def on_pool_timeout(_request: Request, exc: Exception) -> JSONResponse:
+        _log.warning("database pool exhausted: %s", exc)
+        return JSONResponse(
+            status_code=503,
+            content=error_body(
+                "database_busy",
+                "the service is busy (no free database connection); retry in a moment",
+            ),
+            headers={"Retry-After": "1"},
+        )
+
+    async def on_database_down(_request: Request, exc: Exception) -> JSONResponse:
+        _log.warning("database unavailable: %s", exc)
+        return JSONResponse(
+            status_code=503,
+            content=error_body(
+                "database_unavailable",
+                "the service cannot reach its database; retry later or contact the operator",
+            ),
+            headers={"Retry-After": "5"},
+        )
+
     async def on_unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
         _log.exception("unhandled error", exc_info=exc)
         return JSONResponse(
@@ -141,4 +166,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(sqlalchemy.exc.TimeoutError, on_pool_timeout)
+    app.add_exception_handler(sqlalchemy.exc.OperationalError, on_database_down)
     app.add_exception_handler(Exception, on_unexpected_error)

@@ -3,7 +3,8 @@
 An input is one of:
 
 - a storage key under the caller's own area ``tenants/<tenant_id>/`` (what
-  ``POST /v1/uploads`` returns), kept as the bare key;
+  ``POST /v1/uploads`` returns), kept as the bare key; at most ``max_upload_bytes``
+  (also for objects PUT through a presigned URL);
 - ``s3://<our bucket>/<key>``: the same as the bare key (and confined the same way);
 - ``s3://<other bucket>/<key>``: only for buckets in ``allowed_input_buckets``;
 - an absolute path or ``file://`` URI of a regular file under one of
@@ -22,7 +23,14 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from infra.settings import Settings
-from infra.storage import InvalidKeyError, Storage, parse_s3_uri, validate_key, validate_prefix
+from infra.storage import (
+    InvalidKeyError,
+    ObjectNotFoundError,
+    Storage,
+    parse_s3_uri,
+    validate_key,
+    validate_prefix,
+)
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".y4m"}
@@ -49,7 +57,12 @@ def _is_job_output(key: str, tenant_id: uuid.UUID) -> bool:
     return key.startswith(f"{tenant_area(tenant_id)}jobs/")
 
 
-def _own_key(key: str, tenant_id: uuid.UUID, storage: Storage) -> str:
+def _own_key(key: str, tenant_id: uuid.UUID, storage: Storage, max_bytes: int) -> str:
+    """``key`` when it is an object in the caller's area of at most ``max_bytes``.
+
+    The size check also bounds objects that arrived by a presigned PUT, which
+    the upload route's streaming limit never saw.
+    """
     try:
         validate_key(key)
     except InvalidKeyError as err:
@@ -59,9 +72,16 @@ def _own_key(key: str, tenant_id: uuid.UUID, storage: Storage) -> str:
             f"storage key {key!r} is not under your area {tenant_area(tenant_id)!r}; "
             "use the key returned by POST /v1/uploads, an s3:// URI or an allowed file path"
         )
-    if not storage.exists(key):
+    try:
+        size_bytes = storage.size(key)
+    except ObjectNotFoundError as err:
         raise InputError(
             f"no uploaded object {key!r}; upload the video with POST /v1/uploads first"
+        ) from err
+    if size_bytes > max_bytes:
+        raise InputError(
+            f"uploaded object {key!r} is {size_bytes} bytes, over the upload limit of "
+            f"{max_bytes}; upload a smaller file"
         )
     return key
 
@@ -122,7 +142,7 @@ def normalize_input(raw: str, *, tenant_id: uuid.UUID, settings: Settings, stora
         except ValueError as err:
             raise InputError(str(err)) from err
         if bucket == settings.s3_bucket:
-            return _own_key(key, tenant_id, storage)
+            return _own_key(key, tenant_id, storage, settings.max_upload_bytes)
         if bucket not in settings.allowed_input_buckets:
             raise InputError(
                 f"bucket {bucket!r} is not an allowed input bucket; upload the video with "
@@ -136,7 +156,7 @@ def normalize_input(raw: str, *, tenant_id: uuid.UUID, settings: Settings, stora
             f"input {raw!r} has an unsupported scheme; use an uploaded key, s3://bucket/key "
             "or an absolute file path"
         )
-    return _own_key(raw, tenant_id, storage)
+    return _own_key(raw, tenant_id, storage, settings.max_upload_bytes)
 
 
 def normalize_prefix(raw: str, *, tenant_id: uuid.UUID, settings: Settings) -> str:

@@ -2,14 +2,19 @@
 
 - ``splatpack_jobs{status}``: jobs by status (gauge, every status present)
 - ``splatpack_queue_depth``: queued jobs not asked to cancel (gauge)
-- ``splatpack_gop_encode_seconds``: histogram of ``job_gops.encode_seconds``
+- ``splatpack_gop_encode_seconds``: histogram of ``job_gops.encode_seconds``, every GOP
+  encode since the database was created. A trigger keeps it per bucket in
+  ``gop_encode_seconds_buckets`` (``infra.models.GopEncodeSecondsBucket``), so a
+  scrape reads 13 rows however many GOPs exist; the counts never go down
+  (deleting a job does not take its observations back), as Prometheus expects
 - ``splatpack_metrics_db_up``: 1 when the database answered this scrape
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import math
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -17,11 +22,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from infra.models import Job, JobGop, JobStatus
+from infra.models import GopEncodeSecondsBucket, Job, JobStatus
 
 _log = logging.getLogger(__name__)
-
-GOP_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
 class JobsCollector(Collector):
@@ -47,14 +50,16 @@ class JobsCollector(Collector):
                     .select_from(Job)
                     .where(Job.status == JobStatus.queued, Job.cancel_requested.is_(False))
                 )
-                seconds = JobGop.encode_seconds
-                bucket_counts = session.execute(
-                    select(
-                        *(func.count().filter(seconds <= bound) for bound in GOP_SECONDS_BUCKETS),
-                        func.count(seconds),
-                        func.coalesce(func.sum(seconds), 0.0),
+                bucket_rows = [
+                    (le, observations, seconds_sum)
+                    for le, observations, seconds_sum in session.execute(
+                        select(
+                            GopEncodeSecondsBucket.le,
+                            GopEncodeSecondsBucket.observations,
+                            GopEncodeSecondsBucket.seconds_sum,
+                        ).order_by(GopEncodeSecondsBucket.le)
                     )
-                ).one()
+                ]
         except Exception:
             _log.exception("metrics: the database did not answer")
             up.add_metric([], 0)
@@ -72,16 +77,28 @@ class JobsCollector(Collector):
         depth.add_metric([], int(queued or 0))
         yield depth
 
-        *cumulative, count, total = bucket_counts
-        buckets = [
-            (str(bound), int(c)) for bound, c in zip(GOP_SECONDS_BUCKETS, cumulative, strict=True)
-        ]
-        buckets.append(("+Inf", int(count)))
+        buckets, total = cumulative_buckets(bucket_rows)
         histogram = HistogramMetricFamily(
             "splatpack_gop_encode_seconds", "Seconds to encode one GOP (from job_gops)"
         )
-        histogram.add_metric([], buckets=buckets, sum_value=float(total))
+        histogram.add_metric([], buckets=buckets, sum_value=total)
         yield histogram
+
+
+def cumulative_buckets(
+    rows: Iterable[tuple[float, int, float]],
+) -> tuple[list[tuple[str, float]], float]:
+    """Prometheus buckets (``le`` label, cumulative count) and the sum, from per-bucket rows
+    sorted by upper bound; the ``+Inf`` bucket is always there."""
+    buckets: list[tuple[str, float]] = []
+    running, total = 0, 0.0
+    for le, observations, seconds_sum in rows:
+        running += int(observations)
+        total += float(seconds_sum)
+        buckets.append(("+Inf" if math.isinf(le) else str(float(le)), running))
+    if not buckets or buckets[-1][0] != "+Inf":
+        buckets.append(("+Inf", running))
+    return buckets, total
 
 
 def make_registry(session_factory: sessionmaker[Session]) -> CollectorRegistry:

@@ -40,7 +40,10 @@ class JobOptions(_Strict):
     )
     metadata: dict[str, Any] = Field(default_factory=dict, description="your data, returned as is")
     callback_url: HttpUrl | None = Field(
-        default=None, description="http(s) URL POSTed when the job ends"
+        default=None,
+        description="http(s) URL POSTed when the job ends; its host must be publicly routable "
+        "(no loopback, private or link-local addresses unless the operator allows them) and "
+        "the URL may not carry a user name or password",
     )
 
     def job_fields(self) -> dict[str, Any]:
@@ -191,6 +194,12 @@ class PresignedUploadCreate(_Strict):
     filename: str | None = Field(
         default=None, max_length=255, description="only its extension is used"
     )
+    size_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="the file's exact size: the URL then accepts only a body of that length "
+        "(at most the upload limit; larger objects are refused when submitted anyway)",
+    )
 
 
 class PresignedUpload(BaseModel):
@@ -198,6 +207,7 @@ class PresignedUpload(BaseModel):
     url: str
     method: Literal["PUT"] = "PUT"
     expires_in_s: int
+    max_bytes: int = Field(description="the upload limit: a job refuses a larger object")
 
 
 # --------------------------------------------------------------- batches

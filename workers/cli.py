@@ -6,6 +6,8 @@
 - ``serve``: everything on this machine with no configuration: embedded
   Postgres, migrations, local storage, a local Ray, the API on 127.0.0.1:8000
   (a ``uvicorn`` subprocess) and a runner in this process; prints an API key.
+  Job callbacks to this machine (127.0.0.1) need ``--allow-private-callbacks``
+  (the SSRF guard of ``infra.callback_urls`` refuses them by default).
 - ``api`` / ``worker``: the API alone / a runner alone, configured by
   ``SPLATPACK_*`` environment variables (production).
 - ``submit``, ``jobs``: REST clients (``--api`` / ``SPLATPACK_API_URL``,
@@ -128,6 +130,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from workers.runner import Runner
 
     settings = _settings()
+    if args.allow_private_callbacks:
+        settings = settings.model_copy(update={"callback_allow_private": True})
     host = args.host or settings.api_host
     port = args.port or settings.api_port
     print("starting Postgres ...", flush=True)
@@ -135,12 +139,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     run_migrations(db_url)
     settings = settings.model_copy(update={"database_url": db_url})
     storage = make_storage(settings, create_bucket=True)
-    engine = make_engine(db_url)
+    engine = make_engine(db_url, settings)
     session_factory = make_session_factory(engine)
     with session_factory.begin() as session:
         api_key = create_tenant_key(session, "default")
     env = dict(os.environ, SPLATPACK_DATABASE_URL=db_url)
     env.setdefault("SPLATPACK_DATA_DIR", str(settings.data_dir))
+    if settings.callback_allow_private:
+        env["SPLATPACK_CALLBACK_ALLOW_PRIVATE"] = "true"
     api = subprocess.Popen(api_command(host, port), env=env)
     api_url = f"http://{host}:{port}"
     try:
@@ -197,7 +203,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.migrate:
         run_migrations(db_url)
     settings = settings.model_copy(update={"database_url": db_url})
-    engine = make_engine(db_url)
+    engine = make_engine(db_url, settings)
     runner = Runner(
         settings,
         make_session_factory(engine),
@@ -307,7 +313,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     settings = _settings()
     db_url = resolve_database_url(settings)
     run_migrations(db_url)
-    engine = make_engine(db_url)
+    engine = make_engine(db_url, settings)
     try:
         with make_session_factory(engine).begin() as session:
             key = create_tenant_key(session, args.tenant)
@@ -329,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="all-in-one: embedded Postgres, API, local Ray, runner")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
+    p.add_argument(
+        "--allow-private-callbacks",
+        action="store_true",
+        help="let job callbacks reach loopback and private addresses (a receiver on this "
+        "machine); same as SPLATPACK_CALLBACK_ALLOW_PRIVATE=true",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("api", help="run the API server only")

@@ -67,12 +67,28 @@ def _name_of(uri: str) -> str:
     return name or "input"
 
 
+def check_input_bytes(size_bytes: int, settings: Settings) -> None:
+    """Refuse an input over ``settings.max_input_bytes`` before it is downloaded or read."""
+    if size_bytes > settings.max_input_bytes:
+        raise JobError(
+            "input_too_large",
+            f"the input is {size_bytes} bytes, over the limit of {settings.max_input_bytes}; "
+            "compress or cut the video and submit again",
+        )
+
+
 def fetch_input(uri: str, storage: Storage, settings: Settings, dest_dir: Path) -> Path:
-    """Make the input at ``uri`` a local file under ``dest_dir`` (or return a file:// path)."""
+    """Make the input at ``uri`` a local file under ``dest_dir`` (or return a file:// path).
+
+    Its size is checked against ``max_input_bytes`` first (a HEAD for objects), so an
+    oversized object never fills the runner's disk.
+    """
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / f"input-{_name_of(uri)}"
     if uri.startswith("file://"):
-        return _local_input(uri, settings)
+        path = _local_input(uri, settings)
+        check_input_bytes(path.stat().st_size, settings)
+        return path
     if uri.startswith("s3://"):
         try:
             bucket, key = parse_s3_uri(uri)
@@ -80,7 +96,10 @@ def fetch_input(uri: str, storage: Storage, settings: Settings, dest_dir: Path) 
             raise JobError("input_invalid_uri", f"{exc}") from exc
         s3 = S3Storage(bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
         try:
+            check_input_bytes(s3.size(key), settings)
             s3.download_file(key, target)
+        except JobError:
+            raise
         except ObjectNotFoundError as exc:
             raise JobError(
                 "input_not_found",
@@ -98,7 +117,10 @@ def fetch_input(uri: str, storage: Storage, settings: Settings, dest_dir: Path) 
             "or file:///absolute/path",
         )
     try:
+        check_input_bytes(storage.size(uri), settings)
         storage.download_file(uri, target)
+    except JobError:
+        raise
     except InvalidKeyError as exc:
         raise JobError("input_invalid_uri", f"input key is not valid: {exc}") from exc
     except ObjectNotFoundError as exc:

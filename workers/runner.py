@@ -216,7 +216,7 @@ class Runner:
         self.session_factory = session_factory
         self.storage = storage
         self.worker_id = worker_id or default_worker_id()
-        self.callbacks = callbacks or CallbackDelivery(max_tries=settings.callback_max_tries)
+        self.callbacks = callbacks or CallbackDelivery.from_settings(settings)
         self.stopping = threading.Event()
 
     # claiming ----------------------------------------------------------------

@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.orm import Session
 from starlette.responses import Response as StarletteResponse
 
+from infra.callback_urls import CallbackUrlError, CallbackUrlPolicy
 from infra.jobs import create_or_get_job, find_job_by_idempotency_key
 from infra.models import TERMINAL_STATUSES, Job, JobStatus
 from infra.settings import Settings
@@ -42,7 +43,17 @@ IdempotencyKeyHeader = Annotated[
 
 
 def check_options(options: JobOptions, settings: Settings, field: str = "") -> None:
-    """Limits that depend on settings (the schema checks the fixed ones)."""
+    """Limits that depend on settings (the schema checks the fixed ones).
+
+    The callback URL goes through the SSRF guard (``infra.callback_urls``): a URL
+    that is refused now (bad form, or a host that is or resolves to a
+    non-public address) is a 422 ``invalid_callback_url``.
+    """
+    if options.callback_url is not None:
+        try:
+            CallbackUrlPolicy.from_settings(settings).check(str(options.callback_url))
+        except CallbackUrlError as err:
+            raise ApiError(422, "invalid_callback_url", f"{field}callback_url: {err}") from err
     size = len(json.dumps(options.metadata, separators=(",", ":")))
     if size > settings.max_user_metadata_bytes:
         raise ApiError(

@@ -153,13 +153,25 @@ async def upload(
 def presign_upload(
     body: PresignedUploadCreate, tenant: TenantDep, settings: SettingsDep, storage: StorageDep
 ) -> PresignedUpload:
-    """A presigned PUT URL (S3 storage only); then submit a job with the returned key."""
+    """A presigned PUT URL (S3 storage only); then submit a job with the returned key.
+
+    With ``size_bytes`` the length is signed into the URL (checked against the
+    upload limit here); without, an object over the limit is refused when a job
+    names it.
+    """
+    if body.size_bytes is not None and body.size_bytes > settings.max_upload_bytes:
+        raise too_large(settings.max_upload_bytes)
     key = upload_key(tenant.id, uuid.uuid4(), body.filename)
-    url = storage.presign_put(key, settings.s3_presign_seconds)
+    url = storage.presign_put(key, settings.s3_presign_seconds, content_length=body.size_bytes)
     if url is None:
         raise ApiError(
             409,
             "presign_unavailable",
             "this server stores files locally and cannot presign uploads; POST the file to /v1/uploads",
         )
-    return PresignedUpload(key=key, url=url, expires_in_s=settings.s3_presign_seconds)
+    return PresignedUpload(
+        key=key,
+        url=url,
+        expires_in_s=settings.s3_presign_seconds,
+        max_bytes=settings.max_upload_bytes,
+    )

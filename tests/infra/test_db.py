@@ -8,15 +8,18 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+import sqlalchemy.exc
 from alembic import command
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from infra.db import (
     alembic_config,
@@ -29,7 +32,7 @@ from infra.db import (
 )
 from infra.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
 from infra.jobs import create_job, create_or_get_job
-from infra.models import ApiKey, Job, JobStatus, Tenant
+from infra.models import GOP_SECONDS_BUCKETS, ApiKey, Job, JobStatus, Tenant
 from infra.settings import Settings
 from infra.tenants import authenticate, create_tenant_key, list_tenant_keys, revoke_key
 
@@ -111,7 +114,7 @@ def test_migrations_match_the_models_and_are_idempotent(db_url: str) -> None:
             enums = set(
                 conn.execute(text("SELECT typname FROM pg_type WHERE typtype = 'e'")).scalars()
             )
-        assert version == "0001"
+        assert version == "0002"
         assert {"job_status", "job_phase"} <= enums
     finally:
         engine.dispose()
@@ -268,3 +271,91 @@ def test_create_job_idempotency_under_a_concurrent_race(db_url: str) -> None:
         second.close()
     finally:
         engine.dispose()
+
+
+def test_the_engine_pool_comes_from_settings(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = make_engine(db_url, Settings())
+    try:
+        assert isinstance(defaults.pool, QueuePool)
+        assert (defaults.pool.size(), defaults.pool.timeout()) == (5, 30.0)
+        assert defaults.pool.overflow() == -5  # max_overflow 10: counts up from -pool_size
+    finally:
+        defaults.dispose()
+
+    monkeypatch.setenv("SPLATPACK_DB_POOL_SIZE", "1")
+    monkeypatch.setenv("SPLATPACK_DB_MAX_OVERFLOW", "0")
+    monkeypatch.setenv("SPLATPACK_DB_POOL_TIMEOUT_S", "0.2")
+    tiny = make_engine(db_url, Settings())
+    try:
+        assert isinstance(tiny.pool, QueuePool)
+        assert (tiny.pool.size(), tiny.pool.timeout()) == (1, 0.2)
+        with tiny.connect():
+            started = time.monotonic()
+            with pytest.raises(sqlalchemy.exc.TimeoutError):
+                tiny.connect()  # no overflow: the one connection is taken
+            assert time.monotonic() - started < 5
+    finally:
+        tiny.dispose()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("db_pool_size", 0),
+        ("db_max_overflow", -1),
+        ("db_pool_timeout_s", 0),
+        ("db_pool_size", 10_000),
+    ],
+)
+def test_pool_settings_are_validated(field: str, value: int) -> None:
+    with pytest.raises(ValueError, match=field):
+        Settings(**{field: value})
+
+
+def test_migration_0002_counts_existing_gops_once_then_the_trigger_counts_new_ones(
+    db_url: str,
+) -> None:
+    command.downgrade(alembic_config(db_url), "0001")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            tenant = conn.execute(
+                text("INSERT INTO tenants (id, name) VALUES (gen_random_uuid(), 't') RETURNING id")
+            ).scalar_one()
+            job = conn.execute(
+                text(
+                    "INSERT INTO jobs (id, tenant_id, input_uri, output_prefix) "
+                    "VALUES (gen_random_uuid(), :t, 'in.mp4', 'p/') RETURNING id"
+                ),
+                {"t": tenant},
+            ).scalar_one()
+            for index, seconds in enumerate([0.05, 0.3, 0.3, 1000.0, None]):
+                conn.execute(
+                    text(
+                        "INSERT INTO job_gops (job_id, gop_index, first_frame, n_frames, "
+                        "payload_key, payload_bytes, encode_seconds) "
+                        "VALUES (:j, :i, 0, 1, 'k', 1, :s)"
+                    ),
+                    {"j": job, "i": index, "s": seconds},
+                )
+        run_migrations(db_url)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO job_gops (job_id, gop_index, first_frame, n_frames, "
+                    "payload_key, payload_bytes, encode_seconds) VALUES (:j, 9, 0, 1, 'k', 1, 2.0)"
+                ),
+                {"j": job},
+            )
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT le, observations, seconds_sum FROM gop_encode_seconds_buckets "
+                    "ORDER BY le"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    assert [r[0] for r in rows] == [*GOP_SECONDS_BUCKETS, float("inf")]
+    counts = {r[0]: (r[1], r[2]) for r in rows if r[1]}
+    assert counts == {0.1: (1, 0.05), 0.5: (2, 0.6), 2.5: (1, 2.0), float("inf"): (1, 1000.0)}

@@ -7,12 +7,12 @@ from collections.abc import Callable
 
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from infra.db import make_engine, make_session_factory
 from infra.embedded_pg import find_free_port
-from infra.models import Job, JobGop, JobStatus
+from infra.models import GOP_SECONDS_BUCKETS, Job, JobGop, JobStatus
 from infra.settings import Settings
 from infra.storage import LocalStorage
 from service.app import create_app
@@ -98,6 +98,38 @@ def test_metrics_count_jobs_queue_and_gop_seconds(
     again = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
     assert again["splatpack_queue_depth"].samples[0].value == 1
 
+    # a re-encoded GOP is one more observation; deleting a job takes none back (counters)
+    with session_factory() as session:
+        session.execute(
+            update(JobGop)
+            .where(JobGop.job_id == ids[1], JobGop.gop_index == 0)
+            .values(encode_seconds=700.0)
+        )
+        session.execute(update(JobGop).values(psnr_db=30.0))  # not a new observation
+        session.execute(delete(Job).where(Job.id == ids[1]))
+        session.commit()
+    later = _histogram(client)
+    assert later[("splatpack_gop_encode_seconds_bucket", "0.5")] == 1
+    assert later[("splatpack_gop_encode_seconds_bucket", "600.0")] == 3
+    assert later[("splatpack_gop_encode_seconds_bucket", "+Inf")] == 4
+    assert later[("splatpack_gop_encode_seconds_count", None)] == 4
+    assert later[("splatpack_gop_encode_seconds_sum", None)] == 749.3
+
+
+def _histogram(client: TestClient) -> dict[tuple[str, str | None], float]:
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    return {
+        (s.name, s.labels.get("le")): s.value
+        for s in families["splatpack_gop_encode_seconds"].samples
+    }
+
+
+def test_the_histogram_has_every_bucket_before_any_gop(client: TestClient) -> None:
+    histogram = _histogram(client)
+    les = [le for (name, le) in histogram if name == "splatpack_gop_encode_seconds_bucket"]
+    assert les == [str(b) for b in GOP_SECONDS_BUCKETS] + ["+Inf"]
+    assert set(histogram.values()) == {0}
+
 
 def test_docs_and_unknown_routes(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
@@ -110,3 +142,32 @@ def test_docs_and_unknown_routes(client: TestClient) -> None:
         wrong_method.status_code == 405
         and wrong_method.json()["error"]["code"] == "method_not_allowed"
     )
+
+
+def test_an_exhausted_database_pool_is_a_503_to_retry(
+    settings: Settings,
+    db_url: str,
+    storage: LocalStorage,
+    clock: FakeClock,
+    make_key: Callable[[str], str],
+) -> None:
+    """No free connection within ``db_pool_timeout_s``: 503 ``database_busy``, not a 500."""
+    key = make_key("a")
+    tiny = settings.model_copy(
+        update={"db_pool_size": 1, "db_max_overflow": 0, "db_pool_timeout_s": 0.2}
+    )
+    engine = make_engine(db_url, tiny)
+    app = create_app(
+        tiny, session_factory=make_session_factory(engine), storage=storage, clock=clock
+    )
+    try:
+        with TestClient(app) as client:
+            assert client.get("/v1/jobs", headers=bearer(key)).status_code == 200
+            with engine.connect():  # the pool's only connection, held
+                busy = client.get("/v1/jobs", headers=bearer(key))
+            assert busy.status_code == 503
+            assert busy.json()["error"]["code"] == "database_busy"
+            assert busy.headers["Retry-After"] == "1"
+            assert client.get("/v1/jobs", headers=bearer(key)).status_code == 200
+    finally:
+        engine.dispose()

@@ -107,3 +107,42 @@ def test_presigned_put_with_s3(
         assert storage.get_bytes(body["key"]) == b"movie-bytes"
         job = submit(client, key, input=f"s3://{s3_bucket}/{body['key']}")
         assert job["input"] == body["key"]
+
+
+def test_presigned_uploads_are_bounded_by_the_upload_limit(
+    s3_endpoint: str,
+    s3_bucket: str,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    make_key: Callable[[str], str],
+    clock: FakeClock,
+) -> None:
+    """A declared size over the limit is refused at presign; an undeclared one is refused when
+    a job names the object (the presigned PUT never passed the API's streaming limit)."""
+    s3_settings = settings.model_copy(
+        update={"storage_backend": "s3", "s3_bucket": s3_bucket, "s3_endpoint_url": s3_endpoint}
+    )
+    storage = S3Storage(s3_bucket, endpoint_url=s3_endpoint, create_bucket=True)
+    app = create_app(s3_settings, session_factory=session_factory, storage=storage, clock=clock)
+    key = make_key("acme")
+    limit = settings.max_upload_bytes
+    with TestClient(app) as client:
+        declared = client.post(
+            "/v1/uploads/presign", json={"filename": "a.mp4", "size_bytes": 11}, headers=bearer(key)
+        )
+        assert declared.status_code == 201, declared.text
+        assert declared.json()["max_bytes"] == limit
+        assert "content-length" in declared.json()["url"].lower()  # the length is signed
+        assert httpx.put(declared.json()["url"], content=b"movie-bytes").status_code == 200
+
+        over = client.post(
+            "/v1/uploads/presign", json={"size_bytes": limit + 1}, headers=bearer(key)
+        )
+        assert over.status_code == 413 and str(limit) in error_of(over)["message"]
+
+        undeclared = client.post("/v1/uploads/presign", json={}, headers=bearer(key)).json()
+        assert httpx.put(undeclared["url"], content=b"x" * (limit + 1)).status_code == 200
+        refused = client.post("/v1/jobs", json={"input": undeclared["key"]}, headers=bearer(key))
+        assert refused.status_code == 422
+        assert "over the upload limit" in error_of(refused)["message"]
+        assert submit(client, key, input=declared.json()["key"])["input"] == declared.json()["key"]

@@ -5,6 +5,7 @@ Injected faults use the marker files of ``workers/gops.py`` (``settings.fault_di
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import uuid
@@ -61,10 +62,12 @@ def _start_job_with_hanging_gop(
 def test_job_runs_to_success_with_outputs_and_callback(
     ray_local: str, worker_env: WorkerEnv
 ) -> None:
-    runner = worker_env.runner()
+    # the receiver listens on 127.0.0.1: the SSRF guard must be told to allow it
+    runner = worker_env.runner(callback_allow_private=True)
+    assert runner.callbacks.policy.allow_private
     key = worker_env.upload_video(runner, n_frames=7)
     rx = Receiver([503, 200])  # the first delivery fails; the retry lands
-    runner.callbacks = runner.callbacks.__class__(max_tries=3, base_delay_s=0.05)
+    runner.callbacks = dataclasses.replace(runner.callbacks, max_tries=3, base_delay_s=0.05)
     try:
         job_id = worker_env.add_job(key, gop=3, callback_url=rx.url)
         assert runner.run_once()
@@ -176,6 +179,23 @@ def test_input_limits(worker_env: WorkerEnv) -> None:
     job = worker_env.job(job_id)
     assert (job.status, job.error_code) == (JobStatus.failed, "input_too_large")
     assert "48x32" in (job.error_message or "") and "downscale" in (job.error_message or "")
+
+
+@pytest.mark.parametrize("kind", ["upload", "file"])
+def test_inputs_over_max_input_bytes_fail_before_download(worker_env: WorkerEnv, kind: str) -> None:
+    tmp_path = worker_env.tmp_path
+    runner = worker_env.runner(max_input_bytes=1000, allowed_input_roots=[tmp_path])
+    video = make_video(tmp_path / "big.mp4")
+    size = video.stat().st_size
+    assert size > 1000
+    if kind == "upload":
+        job_id = worker_env.add_job(worker_env.upload_video(runner))
+    else:
+        job_id = worker_env.add_job(video.as_uri())
+    assert runner.run_once()
+    job = worker_env.job(job_id)
+    assert (job.status, job.error_code, job.attempts) == (JobStatus.failed, "input_too_large", 1)
+    assert "over the limit of 1000" in (job.error_message or "")
 
 
 def test_file_inputs_must_be_under_allowed_roots(worker_env: WorkerEnv) -> None:
