@@ -50,6 +50,13 @@ class FitConfig:
     # P-frame rate control: an update is sent only if the energy of the change it makes to the
     # rendered image (codec.gaussians.change_energy, in 8-bit levels^2 * px) reaches this
     pframe_min_update_energy: float = 0.0
+    # P-frame rate control by rate-distortion optimisation (codec.rdo): an update or added Gaussian is
+    # sent only if it lowers the squared error (8-bit levels^2 summed over pixels and channels) by at
+    # least this many per estimated bit; 0 = off (then pframe_min_update_energy applies)
+    pframe_rd_lambda: float = 0.0
+    # with pframe_rd_lambda: the P-frame fit also pays this multiple of lambda * (estimated bits) for
+    # moving a Gaussian away from the reference (an L1 rate term), so it prefers sparse, small updates
+    pframe_rate_weight: float = 0.0
     pframe_max_new_frac: float = 0.05
     # scene cut: a frame whose previous reconstruction is below this PSNR is coded as an I-frame
     # (inside the GOP, on the GOP's quantisation grid); 0 disables
@@ -88,6 +95,8 @@ class FitConfig:
         _check_range("pframe_threshold", self.pframe_threshold, 0.0, 1.0)
         _check_range("pframe_max_new_frac", self.pframe_max_new_frac, 0.0, 1.0)
         _check_range("pframe_min_update_energy", self.pframe_min_update_energy, 0.0, 1e9)
+        _check_range("pframe_rd_lambda", self.pframe_rd_lambda, 0.0, 1e9)
+        _check_range("pframe_rate_weight", self.pframe_rate_weight, 0.0, 1e6)
         _check_range("scene_cut_psnr_db", self.scene_cut_psnr_db, 0.0, 100.0)
         _check_range("lr_xy_mult", self.lr_xy_mult, 0.0, 1000.0)
         _check_range("lr_chol_mult", self.lr_chol_mult, 0.0, 1000.0)
@@ -172,14 +181,17 @@ class CodecConfig:
             )
         density = 10.0 * (1.3 ** (quality - 1))  # 10 .. ~106 Gaussians per kpx
         bits = 5 + (quality + 1) // 3  # 5 .. 8 bits for chol and colour
-        # P-frame rate control: lower quality drops more of the small updates (40000 .. ~1000 levels^2 px)
-        min_update_energy = 40000.0 / (1.5 ** (quality - 1))
+        # P-frame rate control: lambda (levels^2 per bit) follows the distortion a quality level
+        # works at (MSE falls ~1.3x per level on carphone); 500 at q4 was measured best there
+        # (bench/gop_sweep.py, BENCHMARKS.md "P-frame rate-distortion optimisation")
+        rd_lambda = 500.0 * 1.3 ** (4 - quality)
         if name == "fast":
             fit = FitConfig(
                 gaussians_per_kpx=density,
                 iframe_iters=400,
                 pframe_iters=60,
-                pframe_min_update_energy=min_update_energy,
+                pframe_rd_lambda=rd_lambda,
+                pframe_rate_weight=1.0,
             )
             quant = QuantConfig(mode="ptq", chol_bits=bits, rgb_bits=bits)
         else:
@@ -188,7 +200,8 @@ class CodecConfig:
                 iframe_iters=2000,
                 pframe_iters=200,
                 densify=True,
-                pframe_min_update_energy=min_update_energy,
+                pframe_rd_lambda=rd_lambda,
+                pframe_rate_weight=1.0,
             )
             quant = QuantConfig(mode="qat", chol_bits=bits, rgb_bits=bits)
         cfg = CodecConfig(fit=fit, quant=quant)

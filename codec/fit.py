@@ -114,6 +114,14 @@ def _loss(img: Tensor, target: Tensor, ssim_weight: float) -> Tensor:
     return (1.0 - ssim_weight) * mse + ssim_weight * (1.0 - _ssim(img, target))
 
 
+def _delta_penalty(rows: Gaussians, start: Gaussians, n: int, cost: Tensor) -> Tensor:
+    """Rate term: sum over the first ``n`` rows of ``cost`` (float32 [8], loss units per unit of
+    x, y, l11, l21, l22, r, g, b) times the absolute change from ``start``."""
+    cur = torch.cat([rows.xy_px[:n], rows.chol[:n], rows.rgb[:n]], dim=1)
+    ref = torch.cat([start.xy_px, start.chol, start.rgb], dim=1)
+    return ((cur - ref).abs() * cost).sum()
+
+
 def changed_mask(a: Tensor, b: Tensor, threshold: float) -> Tensor:
     """Pixels (bool [H, W]) where max-over-RGB |a - b| > threshold, with isolated pixels
     (fewer than two changed 8-neighbours) removed and the rest dilated by one pixel."""
@@ -394,6 +402,7 @@ def fit_pframe(
     fake_quant: FakeQuant | None = None,
     generator: torch.Generator | None = None,
     prev_frame: Tensor | None = None,
+    delta_cost: Tensor | None = None,
 ) -> PFrameResult:
     """Update the decoded reference ``ref`` (rendered as ``ref_recon`` [H, W, 3]) towards ``frame``.
 
@@ -432,7 +441,9 @@ def fit_pframe(
     ref = ref.detach()
     touched = backend.gaussians_touching(ref, changed).to(torch.int64).sort().values
     assemble = _Assembler(ref, touched)
-    opt = _RowOptimizer(ref.index(touched), cfg)
+    start = ref.index(touched)
+    n_touched = len(start)
+    opt = _RowOptimizer(start, cfg)
     sched = _Schedule(cfg, cfg.pframe_iters)
     max_new = int(cfg.pframe_max_new_frac * len(ref))
     px_per_gaussian = h * w / len(ref)
@@ -461,6 +472,8 @@ def fit_pframe(
         if len(opt) == 0:
             break  # nothing touches the change and nothing could be added
         loss = _loss(img, target, cfg.ssim_weight)
+        if delta_cost is not None and n_touched:
+            loss = loss + _delta_penalty(opt.rows(), start, n_touched, delta_cost)
         opt.step(loss, sched.factor(it, float(loss.detach())), h, w)
         it += 1
     out = assemble(best).detach()

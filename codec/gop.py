@@ -37,6 +37,7 @@ from codec.quant import (
     make_grid,
     quantize,
 )
+from codec.rdo import BITS_PER_LOG2, rd_select
 from codec.render import RenderBackend, get_backend
 
 MAX_SIDE_PX = 8192  # largest frame side the codec accepts
@@ -176,6 +177,30 @@ def _apply_updates(prev: QGaussians, proposed: QGaussians, keep_idx: Tensor) -> 
     return QGaussians.from_rows(rows)
 
 
+def _delta_cost(cfg: CodecConfig, grid: QuantGrid, h: int, w: int) -> Tensor | None:
+    """Per-column rate weights (float32 [8]) for the P-frame fit's loss, or None when off.
+
+    The loss is the mean squared error in [0, 1] units, so one 8-bit level^2 summed over the
+    frame is ``1 / (255^2 * 3 H W)`` of it; a change of one quantisation step costs about
+    :data:`codec.rdo.BITS_PER_LOG2` bits, worth ``lambda`` levels^2 each.
+    """
+    lam, weight = cfg.fit.pframe_rd_lambda, cfg.fit.pframe_rate_weight
+    if lam <= 0 or weight <= 0:
+        return None
+    steps = torch.tensor(
+        [grid.xy_step, grid.xy_step, *grid.chol_step, *grid.rgb_step], dtype=torch.float32
+    )
+    per_level = weight * lam * BITS_PER_LOG2 / (255.0 * 255.0 * 3 * h * w)
+    return per_level / steps
+
+
+def _set_rows(prev: QGaussians, idx: Tensor, values: QGaussians) -> QGaussians:
+    """``prev`` with rows ``idx`` (int64 [K]) replaced by ``values`` (K rows)."""
+    rows = prev.rows().clone()
+    rows[idx] = values.rows()
+    return QGaussians.from_rows(rows)
+
+
 def encode_gop_report(
     frames: np.ndarray,
     config: CodecConfig,
@@ -259,17 +284,35 @@ def encode_gop_report(
             fake_quant=fake_quant,
             generator=gen,
             prev_frame=prev_frame,
+            delta_cost=_delta_cost(config, grid, h, w),
         )
         n_ref = len(q_state)
         q_all = quantize(res.gaussians.detach(), grid)
         old_rows = q_all.index(torch.arange(n_ref))
         changed_idx = torch.nonzero(~old_rows.equal_rows(q_state)).flatten()
-        changed_idx = _worthwhile_updates(
-            q_state, old_rows, changed_idx, grid, config.fit.pframe_min_update_energy
-        )
-        old_rows = _apply_updates(q_state, old_rows, changed_idx)
         added = q_all.index(torch.arange(n_ref, len(q_all)))
         added = added.index(canonical_order(added))  # added rows travel in Morton order, like intra
+        if config.fit.pframe_rd_lambda > 0:
+            choice = rd_select(
+                q_state,
+                old_rows,
+                changed_idx,
+                added,
+                grid,
+                frame,
+                ref_img,
+                backend,
+                config.fit.pframe_rd_lambda,
+            )
+            changed_idx = changed_idx[choice.keep_updates]
+            # a subset in ascending order stays Morton-sorted
+            added = added.index(choice.keep_added)
+            old_rows = _set_rows(q_state, changed_idx, choice.rows)
+        else:
+            changed_idx = _worthwhile_updates(
+                q_state, old_rows, changed_idx, grid, config.fit.pframe_min_update_energy
+            )
+            old_rows = _apply_updates(q_state, old_rows, changed_idx)
         data = encode_inter(q_state, changed_idx, old_rows.index(changed_idx), added, grid)
         q_state = QGaussians.cat([old_rows, added])  # exactly what the decoder rebuilds
         ref = dequantize(q_state, grid)
