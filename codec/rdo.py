@@ -36,7 +36,7 @@ from codec.render import RenderBackend
 
 LEVELS2 = 255.0 * 255.0  # [0,1]^2 colour units -> 8-bit levels^2
 ROUNDS = 3
-GROUPS = ((0, 1), (2, 3, 4), (5, 6, 7))  # row columns: position, Cholesky, colour
+GROUPS = ((0, 1), (2, 3, 4), (5, 6, 7))  # position, Cholesky, colour (per column: no better)
 INDEX_BITS = 3.0  # bits to say which row an update touches (gap / run coding, measured 2-4)
 BITS_PER_ZERO = 0.4  # a column whose delta is 0 (adaptive per-frame model, mostly zeros)
 BITS_BASE = 1.5  # a non-zero delta: sign and magnitude class ...
@@ -101,7 +101,9 @@ def rd_select(
         return RdChoice(torch.arange(k), QGaussians.from_rows(new_q), torch.arange(m), 0.0)
     old = dequantize(QGaussians.from_rows(old_q), grid)
     add = dequantize(added, grid)
-    on = torch.ones(k, len(GROUPS), dtype=torch.bool)  # groups sent per update
+    n_g = len(GROUPS)
+    n_v = n_g + 1  # moves: revert one group, or drop the update
+    on = torch.ones(k, n_g, dtype=torch.bool)  # groups sent per update
     add_on = torch.ones(m, dtype=torch.bool)
     base_err = (target - ref_img).detach()
     lam = lam_levels2_per_bit
@@ -110,38 +112,39 @@ def rd_select(
         cur_q = _mix(old_q, new_q, on)
         cur = dequantize(QGaussians.from_rows(cur_q), grid)
         cur_bits = update_bits(old_q, cur_q)  # [K]
-        # moves: revert group 0, 1, 2, or drop the update (back to old) -> K * 4 variants
-        var_q = [_mix(old_q, new_q, on & ~torch.eye(3, dtype=torch.bool)[g]) for g in range(3)]
+        # K * V variants: each group reverted to the reference, then the update dropped
+        eye = torch.eye(n_g, dtype=torch.bool)
+        var_q = [_mix(old_q, new_q, on & ~eye[g]) for g in range(n_g)]
         var_q.append(old_q)
         variants = [dequantize(QGaussians.from_rows(v), grid) for v in var_q]
-        saved = torch.stack([cur_bits - update_bits(old_q, v) for v in var_q], 1)  # [K, 4]
-        energy = torch.stack([change_energy(cur, v) for v in variants], 1) * LEVELS2  # [K, 4]
+        saved = torch.stack([cur_bits - update_bits(old_q, v) for v in var_q], 1)  # [K, V]
+        energy = torch.stack([change_energy(cur, v) for v in variants], 1) * LEVELS2  # [K, V]
         add_energy = change_energy(_scaled(add, torch.zeros(m)), add) * LEVELS2  # [M]
 
-        gates = torch.zeros(4 * k + m, requires_grad=True)
+        gates = torch.zeros(n_v * k + m, requires_grad=True)
         one_k, one_m = torch.ones(k), add_on.to(torch.float32)
         parts = [_scaled(cur, one_k), _scaled(old, -one_k), _scaled(add, one_m)]
         for j, v in enumerate(variants):
             s = gates[j * k : (j + 1) * k]
             parts += [_scaled(v, s), _scaled(cur, -s)]
-        parts.append(_scaled(add, -gates[4 * k :]))  # dropping an added Gaussian
+        parts.append(_scaled(add, -gates[n_v * k :]))  # dropping an added Gaussian
         delta = backend.render(Gaussians.cat(parts), h, w)
         loss = ((base_err - delta) ** 2).sum()
         (grad,) = torch.autograd.grad(loss, gates)
         grad = grad.detach() * LEVELS2  # dD/ds = -2 <e, d> in levels^2
 
-        d_err = grad[: 4 * k].reshape(4, k).t() + energy  # [K, 4] error each move adds
+        d_err = grad[: n_v * k].reshape(n_v, k).t() + energy  # [K, V] error each move adds
         benefit = lam * saved - d_err
         benefit[saved <= 0] = -torch.inf  # a move that saves nothing is never taken
         best_val, best = (
             benefit.max(dim=1) if k else (torch.zeros(0), torch.zeros(0, dtype=torch.int64))
         )
         take = best_val > 0
-        drop_all = take & (best == 3)
-        revert = take & (best < 3)
+        drop_all = take & (best == n_g)
+        revert = take & (best < n_g)
         on[drop_all] = False
         on[revert, best[revert]] = False
-        add_benefit = lam * ADDED_BITS - (grad[4 * k :] + add_energy)
+        add_benefit = lam * ADDED_BITS - (grad[n_v * k :] + add_energy)
         add_drop = add_on & (add_benefit > 0)
         add_on &= ~add_drop
         if not bool(take.any()) and not bool(add_drop.any()):
