@@ -64,7 +64,7 @@ def encode_video(
         fps_num=info.fps.numerator,
         fps_den=info.fps.denominator,
         gop=config.gop,
-        codec_params=config.to_dict(),
+        codec_params=config.to_compact(),
     )
     detect_faces = roi is not None and str(roi) == "face"
     file_mask: np.ndarray | None = None  # a mask file is read once; faces are detected per GOP

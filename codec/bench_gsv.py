@@ -42,7 +42,7 @@ def gsv_rate_point(
         fps_num=fps.numerator,
         fps_den=fps.denominator,
         gop=cfg.gop,
-        codec_params=cfg.to_dict(),
+        codec_params=cfg.to_compact(),
     )
     buffer = io.BytesIO()
     payloads: list[bytes] = []

@@ -229,9 +229,37 @@ class CodecConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_compact(self) -> dict[str, Any]:
+        """The shortest description that rebuilds this config (for stream headers, where every
+        byte counts in bpp): the preset and quality with the fewest differing fields, plus those
+        fields as ``with_overrides`` keys. ``from_dict`` reads it back."""
+        full = _flatten(self.to_dict())
+        best: tuple[str, int, dict[str, Any]] | None = None
+        for name in ("fast", "slow"):
+            for quality in range(QUALITY_MIN, QUALITY_MAX + 1):
+                base = _flatten(CodecConfig.preset(name, quality).to_dict())  # type: ignore[arg-type]
+                diff = {k: v for k, v in full.items() if base.get(k) != v}
+                if best is None or len(diff) < len(best[2]):
+                    best = (name, quality, diff)
+        assert best is not None
+        name, quality, diff = best
+        out: dict[str, Any] = {"preset": name, "quality": quality}
+        if diff:
+            out["overrides"] = diff
+        return out
+
     @staticmethod
     def from_dict(data: dict[str, Any]) -> CodecConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`CodecConfigError`."""
+        """Inverse of :meth:`to_dict` and :meth:`to_compact`; unknown keys raise
+        :class:`CodecConfigError`."""
+        if "preset" in data:
+            extra = set(data) - {"preset", "quality", "overrides"}
+            overrides = data.get("overrides", {})
+            if extra or not isinstance(overrides, dict):
+                raise CodecConfigError(
+                    f"bad compact config: unexpected {sorted(extra) or 'overrides'}"
+                )
+            return CodecConfig.preset(data["preset"], data.get("quality", 5), **overrides)
         try:
             known = {f.name for f in fields(CodecConfig)}
             extra = set(data) - known
@@ -245,3 +273,14 @@ class CodecConfig:
             return CodecConfig(**kw)
         except TypeError as exc:
             raise CodecConfigError(f"bad config: {exc}") from exc
+
+
+def _flatten(d: dict[str, Any]) -> dict[str, Any]:
+    """``to_dict`` output as ``with_overrides`` keys: top-level fields, ``fit__x``, ``quant__y``."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update({f"{key}__{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out

@@ -113,7 +113,8 @@ class PipelineOutcome:
 
 
 def codec_config_dict(job: JobSpec, settings: Settings) -> dict[str, Any]:
-    """The job's codec config (preset, quality, gop, then ``settings.codec_overrides``)."""
+    """The job's codec config (preset, quality, gop, then ``settings.codec_overrides``), in the
+    compact form (preset, quality, overrides) that the stream header and report carry."""
     from codec.config import CodecConfig
     from codec.errors import CodecConfigError
 
@@ -123,7 +124,7 @@ def codec_config_dict(job: JobSpec, settings: Settings) -> dict[str, Any]:
         )
     except CodecConfigError as exc:
         raise JobError("invalid_config", f"{exc}; fix the job's preset/quality/gop") from exc
-    return cfg.to_dict()
+    return cfg.to_compact()
 
 
 def _stream_gops(path: Path, gop: int, n_frames: int) -> Iterator[tuple[int, np.ndarray]]:
