@@ -6,6 +6,10 @@ tenant: the same key returns the job made the first time, also under concurrent
 requests (the unique constraint decides; the loser reads the winner's row).
 
 These functions flush but never commit: the caller owns the transaction.
+
+Every writer that ends a job (the runner, the API's cancel) sets
+:func:`callback_due_values` in the same transaction, so a callback is never lost
+between the job ending and its delivery (``workers.callback_dispatch``).
 """
 
 from __future__ import annotations
@@ -13,16 +17,29 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from infra.models import Job
+from infra.models import CallbackStatus, Job
 
 
 def job_output_prefix(tenant_id: uuid.UUID, job_id: uuid.UUID) -> str:
     """Storage key prefix of a job's outputs."""
     return f"tenants/{tenant_id}/jobs/{job_id}/"
+
+
+def callback_due_values(callback_url: str | None) -> dict[str, Any]:
+    """Columns that make a job's callback due now (none without a callback URL); set them
+    with the terminal status."""
+    if not callback_url:
+        return {}
+    return {
+        "callback_status": CallbackStatus.pending.value,
+        "callback_attempts": 0,
+        "callback_next_at": func.now(),
+        "callback_error": None,
+    }
 
 
 def find_job_by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str) -> Job | None:

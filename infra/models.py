@@ -20,10 +20,12 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -44,6 +46,17 @@ class JobStatus(enum.StrEnum):
 TERMINAL_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
 
 
+class CallbackStatus(enum.StrEnum):
+    """``jobs.callback_status``: ``pending`` until the dispatcher (``workers.callback_dispatch``)
+    ends it ``delivered``, ``failed`` (tries used up, or a final answer such as 404) or
+    ``refused`` (by the SSRF guard, ``infra.callback_urls``)."""
+
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"
+    refused = "refused"
+
+
 class JobPhase(enum.StrEnum):
     probing = "probing"
     encoding = "encoding"
@@ -56,10 +69,25 @@ def _now() -> Any:
     return func.now()
 
 
+# a fresh callback signing secret: "whsec_" + 64 hex digits from 244 random bits
+# (gen_random_uuid draws from the server's strong random source); migration 0003 has a copy
+CALLBACK_SECRET_SQL = (
+    "'whsec_' || encode(sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())), "
+    "'hex')"
+)
+
+
 class Tenant(Base):
+    """A customer. ``callback_secret`` signs its job callbacks (``workers.callbacks``); it is
+    made with the tenant and rotated with ``POST /v1/callback-secret``."""
+
     __tablename__ = "tenants"
+    __mapper_args__ = {"eager_defaults": True}
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    callback_secret: Mapped[str] = mapped_column(
+        String(100), server_default=text(CALLBACK_SECRET_SQL)
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
@@ -115,6 +143,12 @@ class Job(Base):
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency"),
         Index("ix_jobs_claim", "status", "priority", "created_at"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        # what the callback dispatcher claims: pending callbacks by due time
+        Index(
+            "ix_jobs_callback_due",
+            "callback_next_at",
+            postgresql_where=text("callback_status = 'pending'"),
+        ),
     )
     # fetch server-side defaults (created_at, updated_at) with RETURNING on insert/update
     __mapper_args__ = {"eager_defaults": True}
@@ -159,8 +193,13 @@ class Job(Base):
     outputs: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)  # name -> storage key
     report: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    # pending | delivered | gave_up | refused (by the SSRF guard, infra/callback_urls.py)
+    # callback delivery (workers/callback_dispatch.py): a CallbackStatus value, null without
+    # a callback_url; tries so far; when the next try is due (while pending: also the claim
+    # lease of the dispatcher working on it); what the last try got
     callback_status: Mapped[str | None] = mapped_column(String(32))
+    callback_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    callback_next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    callback_error: Mapped[str | None] = mapped_column(Text)
 
     # lease
     lease_owner: Mapped[str | None] = mapped_column(String(200))
@@ -212,3 +251,23 @@ class GopEncodeSecondsBucket(Base):
     le: Mapped[float] = mapped_column(Float, primary_key=True)
     observations: Mapped[int] = mapped_column(BigInteger, default=0)
     seconds_sum: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+# slots per status in ``job_status_counts``: concurrent writers (one per connection) mostly
+# touch different rows, so counting never serialises job transitions
+JOB_STATUS_COUNT_SHARDS = 16
+
+
+class JobStatusCount(Base):
+    """Jobs per status, kept by triggers on ``jobs`` (migration 0003), for ``/metrics``.
+
+    Every insert, delete and status change adds +1 / -1 to the row of the status and of
+    a shard (``pg_backend_pid() % 16``) in the writer's transaction; a status's count
+    is the sum over its shards (a shard alone may be negative). At most 5 x 16 rows,
+    however many jobs exist.
+    """
+
+    __tablename__ = "job_status_counts"
+    status: Mapped[JobStatus] = mapped_column(Enum(JobStatus, name="job_status"), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, IPvAnyNetwork
+from pydantic import Field, IPvAnyNetwork, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,6 +30,9 @@ class Settings(BaseSettings):
       the all-in-one demo, tests, in-cluster receivers) or ``callback_allowed_cidrs``
       (listed networks) say otherwise; URLs longer than ``callback_max_url_length``
       are refused.
+    - Callback delivery (``workers.callback_dispatch``): ``callback_max_tries`` tries
+      with exponential backoff from ``callback_base_delay_s`` capped at
+      ``callback_max_delay_s``; ``callback_timeout_s`` per request.
     """
 
     model_config = SettingsConfigDict(env_prefix="SPLATPACK_", env_file=None, extra="ignore")
@@ -96,7 +99,6 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = 10.0
     max_attempts: int = 3
     poll_seconds: float = 1.0
-    callback_max_tries: int = 5
 
     # callbacks: the SSRF guard (infra/callback_urls.py). By default callbacks go only to
     # publicly routable addresses, checked at submit and again at delivery.
@@ -106,6 +108,29 @@ class Settings(BaseSettings):
     # e.g. '["10.20.0.0/16", "fd00:1::/64"]'
     callback_allowed_cidrs: list[IPvAnyNetwork] = Field(default_factory=list)
     callback_max_url_length: int = Field(default=2048, ge=32, le=8192)
+    # callback delivery (workers/callback_dispatch.py): a dispatcher thread in every runner
+    # claims due callbacks; a try that fails transiently is due again after
+    # min(callback_max_delay_s, callback_base_delay_s * 2**(tries - 1)); after
+    # callback_max_tries tries the callback is failed
+    callback_max_tries: int = Field(default=10, ge=1, le=100)
+    callback_base_delay_s: float = Field(default=5.0, gt=0)
+    callback_max_delay_s: float = Field(default=1800.0, gt=0)
+    callback_timeout_s: float = Field(default=10.0, gt=0, le=300)  # per HTTP request
+    # a claimed callback is due again this long after its claim (its dispatcher died):
+    # must exceed the time one try can take
+    callback_lease_seconds: float = Field(default=60.0, gt=0)
+    callback_concurrency: int = Field(default=4, ge=1, le=64)  # tries in flight per runner
+    callback_poll_seconds: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _callback_lease_covers_a_try(self) -> Settings:
+        if self.callback_lease_seconds <= self.callback_timeout_s:
+            raise ValueError(
+                f"callback_lease_seconds ({self.callback_lease_seconds:g}) must exceed "
+                f"callback_timeout_s ({self.callback_timeout_s:g}), or a slow try would be "
+                "claimed again while it runs"
+            )
+        return self
 
     @property
     def resolved_storage_root(self) -> Path:

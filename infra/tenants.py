@@ -4,6 +4,10 @@ A key reads ``sp_<prefix>_<secret>``: ``prefix`` (12 hex chars) is public and
 indexes the row; only the sha256 of the whole key is stored, and it is compared
 in constant time. The plaintext is returned once, by :func:`create_tenant_key`.
 
+Each tenant also has a ``callback_secret`` (made by the database with the tenant,
+``infra.models.CALLBACK_SECRET_SQL``) that signs its job callbacks; it is stored
+in plain text because signing needs it. :func:`rotate_callback_secret` replaces it.
+
 These functions flush but never commit: the caller owns the transaction
 (``with session_factory() as s: key = create_tenant_key(s, "acme"); s.commit()``).
 """
@@ -17,7 +21,7 @@ import secrets
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -112,3 +116,21 @@ def list_tenant_keys(session: Session, tenant_name: str) -> list[ApiKey]:
             .order_by(ApiKey.created_at)
         )
     )
+
+
+def rotate_callback_secret(session: Session, tenant_id: uuid.UUID) -> str:
+    """Give the tenant a fresh callback secret (the column's default); return it.
+
+    Callbacks signed from then on use it; one already in flight keeps the old one.
+    """
+    secret = session.scalar(
+        update(Tenant)
+        .where(Tenant.id == tenant_id)
+        .values(callback_secret=literal_column("DEFAULT"))
+        .returning(Tenant.callback_secret)
+        .execution_options(synchronize_session=False)
+    )
+    if secret is None:
+        raise LookupError(f"tenant {tenant_id} does not exist")
+    session.expire_all()
+    return secret

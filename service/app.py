@@ -31,7 +31,7 @@ from service.deps import Clock, utc_now
 from service.errors import install_error_handlers
 from service.metrics import make_registry
 from service.middleware import BodySizeLimitMiddleware
-from service.routers import batches, health, jobs, schedules, uploads
+from service.routers import batches, callback_secret, health, jobs, schedules, uploads
 from service.routers.uploads import MULTIPART_OVERHEAD_BYTES
 from service.scheduler import run_scheduler_loop
 
@@ -102,7 +102,7 @@ def create_app(
     install_error_handlers(app)
 
     v1 = APIRouter(prefix=API_PREFIX)
-    for module in (jobs, uploads, batches, schedules):
+    for module in (jobs, uploads, batches, schedules, callback_secret):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)

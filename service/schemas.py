@@ -95,7 +95,12 @@ class JobPublic(BaseModel):
     output_label: str | None
     metadata: dict[str, Any]
     callback_url: str | None
-    callback_status: str | None
+    callback_status: str | None = Field(
+        description="pending, delivered, failed (tries used up or rejected by the receiver) "
+        "or refused (not a public address); null without a callback_url"
+    )
+    callback_attempts: int = Field(description="callback tries so far")
+    callback_error: str | None = Field(description="what the last failed callback try got")
     idempotency_key: str | None
     batch_id: uuid.UUID | None
     schedule_id: uuid.UUID | None
@@ -131,6 +136,8 @@ class JobPublic(BaseModel):
             metadata=job.user_metadata or {},
             callback_url=job.callback_url,
             callback_status=job.callback_status,
+            callback_attempts=job.callback_attempts or 0,
+            callback_error=job.callback_error,
             idempotency_key=job.idempotency_key,
             batch_id=job.batch_id,
             schedule_id=job.schedule_id,
@@ -305,3 +312,21 @@ class HealthPublic(BaseModel):
 class ReadyPublic(BaseModel):
     status: Literal["ready", "not_ready"]
     checks: dict[str, str]
+
+
+# -------------------------------------------------------- callback secret
+
+
+class CallbackSecretPublic(BaseModel):
+    """The key that signs this tenant's job callbacks (see ``workers.callbacks``)."""
+
+    secret: str = Field(description="HMAC-SHA256 key; keep it on your receiver only")
+    algorithm: Literal["hmac-sha256"] = "hmac-sha256"
+    signature_header: str = Field(
+        default="X-Splatpack-Signature",
+        description="carries sha256=<hex HMAC of '<timestamp>.<raw body>'>",
+    )
+    timestamp_header: str = Field(
+        default="X-Splatpack-Timestamp",
+        description="Unix seconds of the try; reject old ones (replays)",
+    )

@@ -214,6 +214,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         with _stop_on_signals() as stop:
             if args.once:
                 runner.run_once()
+                runner.dispatcher.run_once()  # one try at due callbacks; the rest stay queued
             else:
                 print(f"runner {runner.worker_id} waiting for jobs", flush=True)
                 runner.run_forever(stop)

@@ -13,7 +13,13 @@ problem (bad input, bad config) -> ``failed`` at once with its code; any other
 error -> back to ``queued`` while attempts remain, else ``failed`` with the last
 error; cancel -> ``canceled`` (running Ray tasks are force-cancelled);
 runner shutdown -> back to ``queued`` without spending an attempt.
-Terminal jobs with a ``callback_url`` get a callback (workers.callbacks).
+
+Terminal jobs with a ``callback_url`` get a callback: the transaction that ends
+the job also marks its callback due (``infra.jobs.callback_due_values``), and
+the runner's callback dispatcher thread (``workers.callback_dispatch``, started
+by ``run_forever``) delivers it, so a slow or dead receiver never holds up the
+next job, and a due callback outlives a runner crash (any runner's dispatcher
+picks it up).
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from infra.jobs import callback_due_values
 from infra.models import TERMINAL_STATUSES, Job, JobGop, JobPhase, JobStatus
 from workers.assemble import GopRecord
-from workers.callbacks import PENDING, CallbackDelivery, job_payload
+from workers.callback_dispatch import CallbackDispatcher
+from workers.callbacks import CallbackDelivery
 from workers.gops import GopResult, gops_prefix
 from workers.inputs import JobError
 from workers.pipeline import (
@@ -202,7 +210,8 @@ class ClaimedJob:
 
 
 class Runner:
-    """Claims and runs jobs one at a time (GOPs fan out on Ray)."""
+    """Claims and runs jobs one at a time (GOPs fan out on Ray); its ``dispatcher`` delivers
+    due callbacks beside it."""
 
     def __init__(
         self,
@@ -217,6 +226,9 @@ class Runner:
         self.storage = storage
         self.worker_id = worker_id or default_worker_id()
         self.callbacks = callbacks or CallbackDelivery.from_settings(settings)
+        self.dispatcher = CallbackDispatcher.from_settings(
+            settings, session_factory, self.callbacks
+        )
         self.stopping = threading.Event()
 
     # claiming ----------------------------------------------------------------
@@ -287,15 +299,13 @@ class Runner:
 
     @staticmethod
     def _terminal_values(job: Job, status: JobStatus) -> dict[str, Any]:
-        values: dict[str, Any] = {
+        return {
             "status": status,
             "finished_at": func.now(),
             "lease_owner": None,
             "lease_expires_at": None,
+            **callback_due_values(job.callback_url),
         }
-        if job.callback_url:
-            values["callback_status"] = PENDING
-        return values
 
     # running -----------------------------------------------------------------
     def run_once(self) -> bool:
@@ -307,20 +317,26 @@ class Runner:
         return True
 
     def run_forever(self, stop_event: threading.Event | None = None) -> None:
-        """Work until ``stop_event`` is set (a running job is handed back to the queue)."""
+        """Work until ``stop_event`` is set (a running job is handed back to the queue),
+        with the callback dispatcher running in its own thread meanwhile."""
         stop = stop_event or threading.Event()
         self.stopping.clear()
         watcher = threading.Thread(target=self._watch_stop, args=(stop,), daemon=True)
         watcher.start()
+        self.dispatcher.start()
         log.info("runner %s started", self.worker_id)
-        while not stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:
-                log.exception("runner %s: claim loop error", self.worker_id)
-                worked = False
-            if not worked:
-                stop.wait(self.settings.poll_seconds)
+        try:
+            while not stop.is_set():
+                try:
+                    worked = self.run_once()
+                except Exception:
+                    log.exception("runner %s: claim loop error", self.worker_id)
+                    worked = False
+                if not worked:
+                    stop.wait(self.settings.poll_seconds)
+        finally:
+            # a try cut off here is due again when its claim's lease runs out
+            self.dispatcher.stop(timeout_s=self.callbacks.timeout_s)
         log.info("runner %s stopped", self.worker_id)
 
     def _watch_stop(self, stop: threading.Event) -> None:
@@ -434,7 +450,8 @@ class Runner:
         self._after_terminal(handle.job_id)
 
     def _after_terminal(self, job_id: uuid.UUID) -> None:
-        """Best effort: drop the per-GOP payloads, then deliver the callback."""
+        """Best effort: drop the per-GOP payloads; nudge the dispatcher (the callback, if any,
+        was made due with the terminal status)."""
         with self.session_factory() as s:
             job = s.get(Job, job_id)
             if job is None:
@@ -445,25 +462,7 @@ class Runner:
                 self.storage.delete(key)
         except Exception:
             log.exception("job %s: could not delete GOP payloads", job_id)
-        self.deliver_callback(job_id)
-
-    def deliver_callback(self, job_id: uuid.UUID) -> str | None:
-        """POST the terminal job to its callback URL and record ``callback_status``."""
-        with self.session_factory() as s:
-            job = s.get(Job, job_id)
-            if job is None or not job.callback_url or job.status not in TERMINAL_STATUSES:
-                return None
-            url = job.callback_url
-            payload = job_payload(job)
-        try:
-            status, tries = self.callbacks.deliver(url, payload)
-        except Exception:  # never let a callback break the runner
-            log.exception("job %s: callback delivery crashed", job_id)
-            status, tries = "gave_up", 0
-        log.info("job %s: callback %s after %d tries", job_id, status, tries)
-        with self.session_factory.begin() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(callback_status=status))
-        return status
+        self.dispatcher.wake()
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,1 +1,1 @@
-"""One router per resource: jobs, uploads, batches, schedules, health."""
+"""One router per resource: jobs, uploads, batches, schedules, callback secret, health."""

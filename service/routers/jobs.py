@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from starlette.responses import Response as StarletteResponse
 
 from infra.callback_urls import CallbackUrlError, CallbackUrlPolicy
-from infra.jobs import create_or_get_job, find_job_by_idempotency_key
+from infra.jobs import callback_due_values, create_or_get_job, find_job_by_idempotency_key
 from infra.models import TERMINAL_STATUSES, Job, JobStatus
 from infra.settings import Settings
 from infra.storage import ObjectNotFoundError, Storage
@@ -198,7 +198,9 @@ def get_job(job_id: uuid.UUID, tenant: TenantDep, session: SessionDep) -> JobPub
 def cancel_job(
     job_id: uuid.UUID, response: Response, tenant: TenantDep, session: SessionDep, clock: ClockDep
 ) -> JobPublic:
-    """Queued: canceled now (200). Running: cancel requested (202). Ended: 409."""
+    """Queued: canceled now (200). Running: cancel requested (202). Ended: 409.
+
+    A job canceled here gets its callback like any other ended job."""
     job = get_tenant_job(session, tenant.id, job_id, lock=True)
     if job.status in TERMINAL_STATUSES:
         raise ApiError(
@@ -210,6 +212,8 @@ def cancel_job(
     if job.status == JobStatus.queued:
         job.status = JobStatus.canceled
         job.finished_at = clock()
+        for column, value in callback_due_values(job.callback_url).items():
+            setattr(job, column, value)  # a runner's callback dispatcher delivers it
     else:
         response.status_code = status.HTTP_202_ACCEPTED
     session.commit()

@@ -11,6 +11,8 @@ progress and downloads the outputs (307 redirects to presigned S3 URLs).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import subprocess
@@ -18,7 +20,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,7 +34,8 @@ from codec.video import iter_frames
 from infra.storage import S3Storage
 from infra.tenants import create_tenant_key
 from tests.fixtures.s3 import free_port
-from tests.workers.helpers import make_video, worker_settings
+from tests.workers.helpers import make_video, wait_for, worker_settings
+from tests.workers.receiver import Receiver
 from workers.cli import _stop_process, _wait_for_api, api_command, main
 from workers.runner import Runner
 
@@ -56,6 +61,8 @@ def api_server(
             "SPLATPACK_PUBLIC_BASE_URL": url,
             "SPLATPACK_SCHEDULER_INTERVAL_SECONDS": "0",
             "SPLATPACK_AUTO_MIGRATE": "false",
+            # the callback receiver of these tests listens on 127.0.0.1
+            "SPLATPACK_CALLBACK_ALLOW_PRIVATE": "true",
         }
     )
     proc = subprocess.Popen(api_command("127.0.0.1", port), cwd=REPO, env=env)
@@ -74,6 +81,7 @@ def running_runner(
     storage: S3Storage,
     session_factory: sessionmaker[Session],
     worker_id: str,
+    **overrides: Any,
 ) -> Iterator[None]:
     """A real Runner on S3 storage, polling in a background thread for the block's duration."""
     settings = worker_settings(
@@ -82,6 +90,7 @@ def running_runner(
         storage_backend="s3",
         s3_bucket=storage.bucket,
         s3_endpoint_url=s3_endpoint,
+        **overrides,
     )
     runner = Runner(settings, session_factory, storage, worker_id=worker_id)
     stop = threading.Event()
@@ -185,16 +194,52 @@ def test_submit_of_a_non_video_reports_the_jobs_error(
     session_factory: sessionmaker[Session],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A file that is not a video fails the job; `submit --wait` says why and exits 2."""
+    """A file that is not a video fails the job; `submit --wait` says why and exits 2; the
+    job's callback arrives signed with the secret the API shows the tenant."""
     api_url, storage = api_server
     with session_factory.begin() as s:
         api_key = create_tenant_key(s, "e2e-bad")
     notes = tmp_path / "notes.mp4"
     notes.write_text("this is not a video\n" * 50)
-    with running_runner(tmp_path, db_url, s3_endpoint, storage, session_factory, "e2e-bad-runner"):
-        code = main(
-            ["submit", str(notes), "--wait", "--api", api_url, "--key", api_key, "--poll", "0.3"]
-        )
+    rx = Receiver([])
+    try:
+        with running_runner(
+            tmp_path,
+            db_url,
+            s3_endpoint,
+            storage,
+            session_factory,
+            "e2e-bad-runner",
+            callback_allow_private=True,
+        ):
+            code = main(
+                [
+                    "submit",
+                    str(notes),
+                    "--wait",
+                    "--api",
+                    api_url,
+                    "--key",
+                    api_key,
+                    "--poll",
+                    "0.3",
+                    "--callback-url",
+                    rx.url,
+                ]
+            )
+            wait_for(lambda: len(rx.bodies) == 1, 30, "the job's callback")
+    finally:
+        rx.close()
     err = capsys.readouterr().err
     assert code == 2
     assert "failed" in err and "input_" in err and "no details" not in err, err
+
+    assert rx.bodies[0]["status"] == "failed" and rx.bodies[0]["error_code"].startswith("input_")
+    secret = httpx.get(
+        f"{api_url}/v1/callback-secret", headers={"Authorization": f"Bearer {api_key}"}
+    ).json()["secret"]
+    headers, raw = rx.headers[0], rx.raw_bodies[0]
+    expected = hmac.new(
+        secret.encode(), headers["X-Splatpack-Timestamp"].encode() + b"." + raw, hashlib.sha256
+    ).hexdigest()
+    assert headers["X-Splatpack-Signature"] == f"sha256={expected}"

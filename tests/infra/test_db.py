@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -32,7 +34,15 @@ from infra.db import (
 )
 from infra.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
 from infra.jobs import create_job, create_or_get_job
-from infra.models import GOP_SECONDS_BUCKETS, ApiKey, Job, JobStatus, Tenant
+from infra.models import (
+    GOP_SECONDS_BUCKETS,
+    JOB_STATUS_COUNT_SHARDS,
+    ApiKey,
+    Job,
+    JobStatus,
+    JobStatusCount,
+    Tenant,
+)
 from infra.settings import Settings
 from infra.tenants import authenticate, create_tenant_key, list_tenant_keys, revoke_key
 
@@ -114,7 +124,7 @@ def test_migrations_match_the_models_and_are_idempotent(db_url: str) -> None:
             enums = set(
                 conn.execute(text("SELECT typname FROM pg_type WHERE typtype = 'e'")).scalars()
             )
-        assert version == "0002"
+        assert version == "0003"
         assert {"job_status", "job_phase"} <= enums
     finally:
         engine.dispose()
@@ -312,6 +322,12 @@ def test_pool_settings_are_validated(field: str, value: int) -> None:
         Settings(**{field: value})
 
 
+def test_a_callback_lease_must_outlast_a_try() -> None:
+    with pytest.raises(ValueError, match="callback_lease_seconds"):
+        Settings(callback_timeout_s=30, callback_lease_seconds=30)
+    assert Settings(callback_timeout_s=30, callback_lease_seconds=31).callback_lease_seconds == 31
+
+
 def test_migration_0002_counts_existing_gops_once_then_the_trigger_counts_new_ones(
     db_url: str,
 ) -> None:
@@ -359,3 +375,139 @@ def test_migration_0002_counts_existing_gops_once_then_the_trigger_counts_new_on
     assert [r[0] for r in rows] == [*GOP_SECONDS_BUCKETS, float("inf")]
     counts = {r[0]: (r[1], r[2]) for r in rows if r[1]}
     assert counts == {0.1: (1, 0.05), 0.5: (2, 0.6), 2.5: (1, 2.0), float("inf"): (1, 1000.0)}
+
+
+def _counted(conn: Any) -> dict[str, int]:
+    """Jobs per status as ``job_status_counts`` has them (statuses with none left out)."""
+    rows = conn.execute(
+        text("SELECT status::text, sum(jobs) FROM job_status_counts GROUP BY status")
+    ).all()
+    return {status: int(n) for status, n in rows if n}
+
+
+def _actual(conn: Any) -> dict[str, int]:
+    rows = conn.execute(text("SELECT status::text, count(*) FROM jobs GROUP BY status")).all()
+    return {status: int(n) for status, n in rows}
+
+
+def test_migration_0003_backfills_counts_secrets_and_callback_queue(db_url: str) -> None:
+    command.downgrade(alembic_config(db_url), "0002")
+    engine = make_engine(db_url)
+    insert_job = text(
+        "INSERT INTO jobs (id, tenant_id, input_uri, output_prefix, status, callback_url, "
+        "callback_status) VALUES (gen_random_uuid(), :t, 'in', 'p/', :s, :u, :c) RETURNING id"
+    )
+    try:
+        with engine.begin() as conn:
+            tenants = [
+                conn.execute(
+                    text(
+                        "INSERT INTO tenants (id, name) VALUES (gen_random_uuid(), :n) RETURNING id"
+                    ),
+                    {"n": name},
+                ).scalar_one()
+                for name in ("a", "b")
+            ]
+            rows = [
+                ("queued", None, None),
+                ("queued", None, None),
+                ("running", None, None),
+                ("succeeded", "https://example.com/h", "delivered"),
+                ("failed", "https://example.com/h", "gave_up"),
+                ("canceled", "https://example.com/h", "pending"),
+            ]
+            ids = [
+                conn.execute(
+                    insert_job, {"t": tenants[0], "s": status, "u": url, "c": callback}
+                ).scalar_one()
+                for status, url, callback in rows
+            ]
+        run_migrations(db_url)
+        with engine.begin() as conn:
+            assert _counted(conn) == {
+                "queued": 2,
+                "running": 1,
+                "succeeded": 1,
+                "failed": 1,
+                "canceled": 1,
+            }
+            secrets = conn.execute(text("SELECT callback_secret FROM tenants")).scalars().all()
+            assert len(set(secrets)) == 2
+            assert all(re.fullmatch(r"whsec_[0-9a-f]{64}", s) for s in secrets)
+            callbacks = {
+                row[0]: row[1:]
+                for row in conn.execute(
+                    text(
+                        "SELECT id, callback_status, callback_attempts, callback_next_at "
+                        "IS NOT NULL FROM jobs"
+                    )
+                )
+            }
+            assert callbacks[ids[3]] == ("delivered", 0, False)
+            assert callbacks[ids[4]] == ("failed", 0, False)  # gave_up is now failed
+            assert callbacks[ids[5]] == ("pending", 0, True)  # due now
+            # from here on the triggers count: insert, status change, delete, truncate
+            conn.execute(insert_job, {"t": tenants[1], "s": "queued", "u": None, "c": None})
+            conn.execute(
+                text("UPDATE jobs SET status = 'running' WHERE status = 'queued'")  # two rows
+            )
+            conn.execute(text("UPDATE jobs SET gops_done = 1"))  # not a status change
+            conn.execute(text("DELETE FROM jobs WHERE id = :id"), {"id": ids[3]})
+            assert _counted(conn) == _actual(conn) == {"running": 4, "failed": 1, "canceled": 1}
+            conn.execute(text("TRUNCATE jobs CASCADE"))
+            assert _counted(conn) == {}
+            conn.execute(insert_job, {"t": tenants[1], "s": "failed", "u": None, "c": None})
+            assert _counted(conn) == {"failed": 1}
+    finally:
+        engine.dispose()
+
+
+def test_status_counts_stay_exact_under_concurrent_transitions(
+    db_url: str, session_factory: sessionmaker[Session]
+) -> None:
+    """Writers on their own connections flip jobs queued <-> running and end them, the
+    transitions runners and the API make; no deadlock, no lost count, a bounded table."""
+    with session_factory.begin() as session:
+        tenant = Tenant(name="t")
+        session.add(tenant)
+        session.flush()
+        job_ids = [
+            [create_job(session, tenant.id, input_uri=f"in-{w}-{i}.mp4").id for i in range(3)]
+            for w in range(4)
+        ]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(job_ids))
+
+    def work(ids: list[uuid.UUID]) -> None:
+        engine = make_engine(db_url)
+        try:
+            barrier.wait()
+            for round_ in range(15):
+                for job_id in ids:
+                    with engine.begin() as conn:
+                        new = "running" if round_ % 2 == 0 else "queued"
+                        conn.execute(
+                            text("UPDATE jobs SET status = :s WHERE id = :id"),
+                            {"s": new, "id": job_id},
+                        )
+            with engine.begin() as conn:
+                conn.execute(
+                    text("UPDATE jobs SET status = 'succeeded' WHERE id = :id"), {"id": ids[0]}
+                )
+                conn.execute(text("DELETE FROM jobs WHERE id = :id"), {"id": ids[1]})
+        except BaseException as exc:  # surfaced below (e.g. a deadlock)
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=work, args=(ids,)) for ids in job_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    with session_factory() as session:
+        conn = session.connection()
+        assert _counted(conn) == _actual(conn) == {"running": 4, "succeeded": 4}
+        n_rows = session.scalar(select(func.count()).select_from(JobStatusCount))
+        assert n_rows is not None and n_rows <= len(JobStatus) * JOB_STATUS_COUNT_SHARDS

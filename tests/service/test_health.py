@@ -7,12 +7,19 @@ from collections.abc import Callable
 
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from infra.db import make_engine, make_session_factory
 from infra.embedded_pg import find_free_port
-from infra.models import GOP_SECONDS_BUCKETS, Job, JobGop, JobStatus
+from infra.models import (
+    GOP_SECONDS_BUCKETS,
+    JOB_STATUS_COUNT_SHARDS,
+    Job,
+    JobGop,
+    JobStatus,
+    JobStatusCount,
+)
 from infra.settings import Settings
 from infra.storage import LocalStorage
 from service.app import create_app
@@ -114,6 +121,49 @@ def test_metrics_count_jobs_queue_and_gop_seconds(
     assert later[("splatpack_gop_encode_seconds_bucket", "+Inf")] == 4
     assert later[("splatpack_gop_encode_seconds_count", None)] == 4
     assert later[("splatpack_gop_encode_seconds_sum", None)] == 749.3
+
+
+def _jobs_by_status(client: TestClient) -> dict[str, float]:
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    return {s.labels["status"]: s.value for s in families["splatpack_jobs"].samples}
+
+
+def test_job_counts_follow_every_transition(
+    client: TestClient,
+    make_key: Callable[[str], str],
+    tenant_id: Callable[[str], uuid.UUID],
+    storage: LocalStorage,
+    session_factory: sessionmaker[Session],
+) -> None:
+    """``splatpack_jobs`` reads the trigger-kept table: submit, claim, cancel, end, delete."""
+    zero = {"queued": 0, "running": 0, "succeeded": 0, "failed": 0, "canceled": 0}
+    assert _jobs_by_status(client) == zero
+    key = make_key("a")
+    upload = put_upload(storage, tenant_id("a"))
+    ids = [uuid.UUID(submit(client, key, input=upload)["id"]) for _ in range(3)]
+    assert _jobs_by_status(client) == {**zero, "queued": 3}
+
+    def set_status(job_id: uuid.UUID, status: JobStatus) -> None:
+        with session_factory.begin() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(status=status))
+
+    set_status(ids[0], JobStatus.running)  # a runner claims it
+    assert _jobs_by_status(client) == {**zero, "queued": 2, "running": 1}
+    assert client.post(f"/v1/jobs/{ids[1]}/cancel", headers=bearer(key)).status_code == 200
+    assert _jobs_by_status(client) == {**zero, "queued": 1, "running": 1, "canceled": 1}
+    set_status(ids[0], JobStatus.queued)  # re-queued after an error
+    set_status(ids[0], JobStatus.running)
+    set_status(ids[0], JobStatus.failed)
+    assert _jobs_by_status(client) == {**zero, "queued": 1, "failed": 1, "canceled": 1}
+    with session_factory.begin() as session:
+        session.execute(update(Job).where(Job.id == ids[0]).values(gops_done=2))  # no change
+        session.execute(delete(Job).where(Job.id == ids[2]))
+    assert _jobs_by_status(client) == {**zero, "failed": 1, "canceled": 1}
+    with session_factory() as session:  # the table stays small: a few rows per status
+        assert (
+            session.scalar(select(func.count()).select_from(JobStatusCount))
+            <= len(JobStatus) * JOB_STATUS_COUNT_SHARDS
+        )
 
 
 def _histogram(client: TestClient) -> dict[tuple[str, str | None], float]:

@@ -18,7 +18,8 @@ import numpy as np
 from sqlalchemy import func, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from infra.models import Job, Tenant
+from infra.jobs import callback_due_values
+from infra.models import Job, JobStatus, Tenant
 from infra.settings import Settings
 from infra.storage import LocalStorage
 from workers.runner import Runner
@@ -132,6 +133,18 @@ def update_job(session_factory: sessionmaker[Session], job_id: uuid.UUID, **valu
     """Set columns of a job's row directly (states the API cannot produce)."""
     with session_factory.begin() as s:
         s.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def finish_job(env: WorkerEnv, job_id: uuid.UUID, status: JobStatus) -> None:
+    """End a job as the runner does: the terminal status and, with a callback URL, its
+    callback due now, in one transaction."""
+    update_job(
+        env.session_factory,
+        job_id,
+        status=status,
+        finished_at=func.now(),
+        **callback_due_values(env.job(job_id).callback_url),
+    )
 
 
 def expire_lease(

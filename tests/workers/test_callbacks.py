@@ -7,83 +7,25 @@ tests that expect a delivery allow private addresses explicitly (``LOCAL_OK``).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import ipaddress
 import json
 import ssl
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from infra.callback_urls import CallbackUrlPolicy
-from infra.models import JobStatus
-from tests.workers.helpers import WorkerEnv, update_job
-from workers.callbacks import DELIVERED, GAVE_UP, REFUSED, CallbackDelivery
+from infra.models import JobStatus, Tenant
+from infra.tenants import rotate_callback_secret
+from tests.workers.helpers import WorkerEnv, add_tenant, finish_job, wait_for
+from workers.callbacks import DELIVERED, FAILED, REFUSED, CallbackDelivery, verify_signature
 
 LOCAL_OK = CallbackUrlPolicy(allow_private=True)
-
-Answer = int | tuple[int, dict[str, str]]
-
-
-class Receiver:
-    """A tiny HTTP(S) server answering POSTs with a scripted list of status codes
-    (or ``(status, headers)`` pairs)."""
-
-    def __init__(self, statuses: list[Answer], tls: ssl.SSLContext | None = None) -> None:
-        self.statuses = list(statuses)
-        self.bodies: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                length = int(self.headers.get("Content-Length", "0"))
-                receiver.bodies.append(json.loads(self.rfile.read(length)))
-                receiver.headers.append(dict(self.headers))
-                answer = receiver.statuses.pop(0) if receiver.statuses else 200
-                code, extra = answer if isinstance(answer, tuple) else (answer, {})
-                self.send_response(code)
-                for name, value in extra.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        if tls is not None:
-            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_address[1]
-        scheme = "https" if tls is not None else "http"
-        self.url = f"{scheme}://127.0.0.1:{self.port}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url_for(self, host: str) -> str:
-        """This receiver's URL with ``host`` in place of 127.0.0.1."""
-        return self.url.replace("127.0.0.1", host, 1)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver_factory() -> Iterator[Any]:
-    made: list[Receiver] = []
-
-    def make(statuses: list[Answer], tls: ssl.SSLContext | None = None) -> Receiver:
-        r = Receiver(statuses, tls)
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        r.close()
 
 
 def test_retries_with_exponential_backoff_until_delivered(receiver_factory: Any) -> None:
@@ -104,7 +46,7 @@ def test_gives_up_after_max_tries(receiver_factory: Any) -> None:
     waits: list[float] = []
     delivery = CallbackDelivery(max_tries=4, base_delay_s=0.01, max_delay_s=0.03, policy=LOCAL_OK)
     status, tries = delivery.deliver(rx.url, {"id": "j"}, sleep=waits.append)
-    assert (status, tries) == (GAVE_UP, 4)
+    assert (status, tries) == (FAILED, 4)
     assert len(rx.bodies) == 4
     assert waits == [0.01, 0.02, 0.03]  # capped at max_delay_s
 
@@ -113,7 +55,7 @@ def test_client_errors_are_not_retried(receiver_factory: Any) -> None:
     rx = receiver_factory([404])
     delivery = CallbackDelivery(max_tries=5, base_delay_s=0.01, policy=LOCAL_OK)
     status, tries = delivery.deliver(rx.url, {"id": "j"})
-    assert (status, tries) == (GAVE_UP, 1)
+    assert (status, tries) == (FAILED, 1)
 
 
 def test_unreachable_receiver_is_retried_then_given_up() -> None:
@@ -125,7 +67,7 @@ def test_unreachable_receiver_is_retried_then_given_up() -> None:
     waits: list[float] = []
     delivery = CallbackDelivery(max_tries=3, base_delay_s=0.01, timeout_s=1.0, policy=LOCAL_OK)
     status, tries = delivery.deliver(f"http://127.0.0.1:{port}/x", {"id": "j"}, sleep=waits.append)
-    assert (status, tries) == (GAVE_UP, 3)
+    assert (status, tries) == (FAILED, 3)
     assert len(waits) == 2
 
 
@@ -187,7 +129,7 @@ def test_redirects_are_not_followed(receiver_factory: Any) -> None:
     inner = receiver_factory([200])
     outer = receiver_factory([(307, {"Location": inner.url}), (302, {"Location": inner.url})])
     delivery = CallbackDelivery(max_tries=3, base_delay_s=0.01, policy=LOCAL_OK)
-    assert delivery.deliver(outer.url, {"id": "j"}) == (GAVE_UP, 1)
+    assert delivery.deliver(outer.url, {"id": "j"}) == (FAILED, 1)
     assert len(outer.bodies) == 1 and inner.bodies == []
 
 
@@ -251,23 +193,87 @@ def test_https_is_pinned_but_verified_against_the_url_host(
     assert delivery.deliver(rx.url_for("localhost"), {"id": "j"}) == (DELIVERED, 1)
     assert rx.headers[0]["Host"] == f"localhost:{rx.port}"
     # the same server by IP: its certificate does not name 127.0.0.1, so verification fails
-    assert delivery.deliver(rx.url, {"id": "j"}) == (GAVE_UP, 1)
+    assert delivery.deliver(rx.url, {"id": "j"}) == (FAILED, 1)
     assert len(rx.bodies) == 1
 
 
-def test_runner_records_a_refused_callback_and_keeps_the_job(
+def test_dispatcher_records_a_refused_callback_and_keeps_the_job(
     worker_env: WorkerEnv, receiver_factory: Any
 ) -> None:
     """Default settings: a loopback callback is refused at delivery, the job stays succeeded."""
     rx = receiver_factory([200])
-    runner = worker_env.runner()
     job_id = worker_env.add_job("uploads/x/in.mp4", callback_url=rx.url)
-    update_job(worker_env.session_factory, job_id, status=JobStatus.succeeded)
-    assert runner.deliver_callback(job_id) == REFUSED
+    finish_job(worker_env, job_id, JobStatus.succeeded)
+    assert worker_env.runner().dispatcher.run_once() == 1
     job = worker_env.job(job_id)
     assert job.status == JobStatus.succeeded and job.callback_status == REFUSED
+    assert job.callback_attempts == 1 and "loopback" in (job.callback_error or "")
     assert rx.bodies == []
+    assert worker_env.runner(callback_allow_private=True).dispatcher.run_once() == 0  # final
 
-    allowed = worker_env.runner(callback_allow_private=True)
-    assert allowed.deliver_callback(job_id) == DELIVERED
-    assert worker_env.job(job_id).callback_status == DELIVERED and len(rx.bodies) == 1
+
+# ------------------------------------------------------------------ signatures
+
+
+def _hmac_hex(secret: str, timestamp: str, body: bytes) -> str:
+    """What a receiver computes, from the documented recipe only."""
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def test_callbacks_are_signed_with_the_tenant_secret(
+    worker_env: WorkerEnv, receiver_factory: Any
+) -> None:
+    rx = receiver_factory([200])
+    other_tenant = add_tenant(worker_env.session_factory)
+    with worker_env.session_factory() as s:
+        secrets = {
+            t.id: t.callback_secret
+            for t in s.scalars(
+                select(Tenant).where(Tenant.id.in_([worker_env.tenant_id, other_tenant]))
+            )
+        }
+    own, other = secrets[worker_env.tenant_id], secrets[other_tenant]
+    assert own != other and own.startswith("whsec_") and len(own) == 6 + 64
+
+    job_id = worker_env.add_job("uploads/x/in.mp4", callback_url=rx.url)
+    finish_job(worker_env, job_id, JobStatus.failed)
+    before = int(time.time())
+    assert worker_env.runner(callback_allow_private=True).dispatcher.run_once() == 1
+    assert worker_env.job(job_id).callback_status == DELIVERED
+
+    headers, raw = rx.headers[0], rx.raw_bodies[0]
+    timestamp, signature = headers["X-Splatpack-Timestamp"], headers["X-Splatpack-Signature"]
+    assert before <= int(timestamp) <= time.time() + 1
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(raw)["id"] == str(job_id)
+    assert signature == f"sha256={_hmac_hex(own, timestamp, raw)}"
+    assert signature != f"sha256={_hmac_hex(other, timestamp, raw)}"
+    assert verify_signature(own, timestamp, raw, signature)
+    assert not verify_signature(other, timestamp, raw, signature)
+    assert not verify_signature(own, timestamp, raw + b" ", signature)  # body tampered
+    assert not verify_signature(own, str(int(timestamp) + 1), raw, signature)
+    assert not verify_signature(own, "not-a-time", raw, signature)
+    # a replay long after: the signature still matches, the timestamp does not
+    assert not verify_signature(own, timestamp, raw, signature, now_s=int(timestamp) + 3600)
+
+
+def test_a_rotated_secret_signs_the_next_try(worker_env: WorkerEnv, receiver_factory: Any) -> None:
+    rx = receiver_factory([503, 200])
+    with worker_env.session_factory.begin() as s:
+        old = s.get_one(Tenant, worker_env.tenant_id).callback_secret
+    job_id = worker_env.add_job("uploads/x/in.mp4", callback_url=rx.url)
+    finish_job(worker_env, job_id, JobStatus.succeeded)
+    runner = worker_env.runner(callback_allow_private=True, callback_base_delay_s=0.01)
+    assert runner.dispatcher.run_once() == 1  # 503: due again in 10 ms
+    with worker_env.session_factory.begin() as s:
+        new = rotate_callback_secret(s, worker_env.tenant_id)
+    assert new != old and new.startswith("whsec_")
+    wait_for(lambda: runner.dispatcher.run_once() == 1, 5, "the retry to be due")
+    assert worker_env.job(job_id).callback_status == DELIVERED
+    (first, second) = [
+        (h["X-Splatpack-Timestamp"], h["X-Splatpack-Signature"], raw)
+        for h, raw in zip(rx.headers, rx.raw_bodies, strict=True)
+    ]
+    assert verify_signature(old, first[0], first[2], first[1])
+    assert verify_signature(new, second[0], second[2], second[1])
+    assert not verify_signature(old, second[0], second[2], second[1])

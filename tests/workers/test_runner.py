@@ -5,7 +5,6 @@ Injected faults use the marker files of ``workers/gops.py`` (``settings.fault_di
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import uuid
@@ -28,11 +27,12 @@ from tests.workers.helpers import (
     make_video,
     started_markers,
     update_job,
+    wait_for,
     wait_for_exit,
     wait_for_gop_start,
     write_fault,
 )
-from tests.workers.test_callbacks import Receiver
+from tests.workers.receiver import Receiver
 from workers.gops import EncodeGopStage, GopSpec, gop_key
 from workers.runner import Runner
 
@@ -63,14 +63,16 @@ def test_job_runs_to_success_with_outputs_and_callback(
     ray_local: str, worker_env: WorkerEnv
 ) -> None:
     # the receiver listens on 127.0.0.1: the SSRF guard must be told to allow it
-    runner = worker_env.runner(callback_allow_private=True)
+    runner = worker_env.runner(callback_allow_private=True, callback_base_delay_s=0.05)
     assert runner.callbacks.policy.allow_private
     key = worker_env.upload_video(runner, n_frames=7)
-    rx = Receiver([503, 200])  # the first delivery fails; the retry lands
-    runner.callbacks = dataclasses.replace(runner.callbacks, max_tries=3, base_delay_s=0.05)
+    rx = Receiver([503, 200])  # the first try fails; the retry lands
     try:
         job_id = worker_env.add_job(key, gop=3, callback_url=rx.url)
         assert runner.run_once()
+        assert rx.bodies == []  # the runner itself never calls back
+        assert runner.dispatcher.run_once() == 1
+        wait_for(lambda: runner.dispatcher.run_once() == 1, 5, "the callback retry to be due")
     finally:
         rx.close()
     job = worker_env.job(job_id)
