@@ -116,10 +116,15 @@ def _loss(img: Tensor, target: Tensor, ssim_weight: float) -> Tensor:
 
 def _delta_penalty(rows: Gaussians, start: Gaussians, n: int, cost: Tensor) -> Tensor:
     """Rate term: sum over the first ``n`` rows of ``cost`` (float32 [8], loss units per unit of
-    x, y, l11, l21, l22, r, g, b) times the absolute change from ``start``."""
-    cur = torch.cat([rows.xy_px[:n], rows.chol[:n], rows.rgb[:n]], dim=1)
-    ref = torch.cat([start.xy_px, start.chol, start.rgb], dim=1)
-    return ((cur - ref).abs() * cost).sum()
+    x, y, log l11, l21, log l22, r, g, b: the quantiser's channels, see codec.quant) times the
+    absolute change from ``start``."""
+
+    def channels(g: Gaussians, k: int) -> Tensor:
+        chol = g.chol[:k]
+        logd = chol[:, [0, 2]].clamp(min=MIN_CHOL_DIAG).log()
+        return torch.cat([g.xy_px[:k], logd[:, :1], chol[:, 1:2], logd[:, 1:], g.rgb[:k]], dim=1)
+
+    return ((channels(rows, n) - channels(start, n)).abs() * cost).sum()
 
 
 def changed_mask(a: Tensor, b: Tensor, threshold: float) -> Tensor:

@@ -187,11 +187,8 @@ def _delta_cost(cfg: CodecConfig, grid: QuantGrid, h: int, w: int) -> Tensor | N
     lam, weight = cfg.fit.pframe_rd_lambda, cfg.fit.pframe_rate_weight
     if lam <= 0 or weight <= 0:
         return None
-    steps = torch.tensor(
-        [grid.xy_step, grid.xy_step, *grid.chol_step, *grid.rgb_step], dtype=torch.float32
-    )
     per_level = weight * lam * BITS_PER_LOG2 / (255.0 * 255.0 * 3 * h * w)
-    return per_level / steps
+    return per_level / grid.level_steps()  # the diagonals' steps are in log units, as the penalty
 
 
 def _set_rows(prev: QGaussians, idx: Tensor, values: QGaussians) -> QGaussians:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,7 +49,46 @@ def test_round_trip_error_within_half_a_step() -> None:
     back = dequantize(quantize(g, grid), grid)
     assert back.xy_px.dtype == torch.float32
     err = (as_rows(back) - as_rows(g)).abs()
-    assert (err <= steps(grid) * 0.5 * (1 + 1e-5) + 1e-6).all()
+    linear = [0, 1, 3, 5, 6, 7]  # the Cholesky diagonals are geometric: checked in log units
+    assert (err[:, linear] <= steps(grid)[linear] * 0.5 * (1 + 1e-5) + 1e-6).all()
+    for c in (2, 4):
+        log_err = (back.chol[:, c - 2].double() / g.chol[:, c - 2].double()).log().abs()
+        assert (log_err <= 0.5 * torch.log(steps(grid)[c]) * (1 + 1e-4) + 1e-6).all()
+
+
+def test_cholesky_diagonals_use_geometric_levels() -> None:
+    g = random_gaussians(300)
+    grid = make_grid(g, H, W, QuantConfig(range_quantile=0.0, chol_bits=6))
+    for i in (0, 2):
+        table = grid.diag_table(i)
+        assert table.shape == (64,) and table[0] >= MIN_CHOL_DIAG
+        ratios = table[1:] / table[:-1]
+        assert torch.allclose(ratios, torch.full_like(ratios, grid.chol_step[i]), rtol=1e-12)
+        assert table[-1] >= g.chol[:, i].max().item() * (1 - 1e-4)  # float32 ratio, 63 steps
+        rows = torch.zeros(64, 8, dtype=torch.int32)
+        rows[:, 2 + i] = torch.arange(64)
+        q = QGaussians.from_rows(rows)
+        assert torch.equal(dequantize(q, grid).chol[:, i], table.float())
+
+
+def test_hostile_geometric_grids_are_refused() -> None:
+    g = random_gaussians(50)
+    grid = make_grid(g, H, W, QuantConfig())
+    bad = [
+        dict(chol_step=(1.0, grid.chol_step[1], grid.chol_step[2])),  # ratio must exceed 1
+        dict(chol_step=(grid.chol_step[0], grid.chol_step[1], 0.5)),
+        dict(chol_step=(17.0, grid.chol_step[1], grid.chol_step[2])),  # past the ratio cap
+        dict(chol_lo=(0.1, grid.chol_lo[1], grid.chol_lo[2])),  # below MIN_CHOL_DIAG
+    ]
+    fields = grid.__dict__
+    for change in bad:
+        with pytest.raises(ValueError):
+            QuantGrid(**{**fields, **change})
+    r = float(np.float32(1.002))
+    big = QuantGrid(**{**fields, "chol_bits": 12, "chol_step": (r, grid.chol_step[1], r)})
+    assert big.diag_table(0)[-1] < 1e6
+    with pytest.raises(ValueError):  # 4096 levels of ratio 1.5 would reach astronomically far
+        QuantGrid(**{**fields, "chol_bits": 12, "chol_step": (1.5, grid.chol_step[1], 1.5)})
 
 
 def test_grid_covers_frame_plus_margin_with_power_of_two_levels() -> None:
