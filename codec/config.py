@@ -181,10 +181,11 @@ class CodecConfig:
             )
         density = 10.0 * (1.3 ** (quality - 1))  # 10 .. ~106 Gaussians per kpx
         bits = 5 + (quality + 1) // 3  # 5 .. 8 bits for chol and colour
-        # P-frame rate control: lambda (levels^2 per bit) follows the distortion a quality level
-        # works at (MSE falls ~1.3x per level on carphone); 500 at q4 was measured best there
-        # (bench/gop_sweep.py, BENCHMARKS.md "P-frame rate-distortion optimisation")
-        rd_lambda = 500.0 * 1.3 ** (4 - quality)
+        # P-frame rate control: lambda (levels^2 per bit) falls 1.5x per quality level. 500 at q4
+        # was measured best on carphone; a slower fall (1.3x, the MSE ratio between levels)
+        # starved the high levels' P-frames (q8: 32.1 dB after a 35.6 dB I-frame). See
+        # BENCHMARKS.md "P-frame rate-distortion optimisation" (bench/gop_sweep.py).
+        rd_lambda = 500.0 * 1.5 ** (4 - quality)
         if name == "fast":
             fit = FitConfig(
                 gaussians_per_kpx=density,
