@@ -52,8 +52,11 @@ def encode_video(
     max_frames: int | None = None,
     roi: RoiSpec = None,
     progress: ProgressFn | None = None,
+    device: str = "cpu",
 ) -> EncodeSummary:
-    """Encode a video file into a ``.gsv`` file GOP by GOP; returns measured figures."""
+    """Encode a video file into a ``.gsv`` file GOP by GOP; returns measured figures.
+
+    ``device`` is where the fits run ("cpu", "cuda" or "auto"; see :func:`codec.gop.encode_gop_report`)."""
     if max_frames is not None and max_frames < 1:
         raise CodecConfigError(f"max_frames={max_frames} must be at least 1")
     info = probe(in_path)
@@ -82,7 +85,9 @@ def encode_video(
                 if progress:
                     progress(base + done, total)
 
-            result = encode_gop_report(frames, config, roi_mask=gop_mask, progress=on_frame)
+            result = encode_gop_report(
+                frames, config, roi_mask=gop_mask, progress=on_frame, device=device
+            )
             writer.add_gop(gop_index, first, len(frames), result.payload)
             for s in result.stats_dicts():
                 s["index"] = first + int(s["index"])  # type: ignore[call-overload]

@@ -50,7 +50,13 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
     try:
         summary = encode_video(
-            args.input, args.output, config, max_frames=args.frames, roi=args.roi, progress=progress
+            args.input,
+            args.output,
+            config,
+            max_frames=args.frames,
+            roi=args.roi,
+            progress=progress,
+            device=args.device,
         )
     finally:
         bar.close()
@@ -156,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--seed", type=int, default=0)
     enc.add_argument("--init", choices=["superpixel", "random"], default=None)
     enc.add_argument("--quant", choices=["ptq", "qat"], default=None)
+    enc.add_argument(
+        "--device",
+        default="cpu",
+        help="where the fits run: cpu, cuda, cuda:N or auto (the CPU decodes either way)",
+    )
     enc.add_argument(
         "--iters", type=int, default=None, help="I-frame iteration cap (overrides the preset)"
     )

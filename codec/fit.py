@@ -274,8 +274,9 @@ def seed_from_residual(
         m = min(m, int(cand.numel()))
         if m <= 0:
             return Gaussians.empty(residual.device)
-        weights = err.flatten()[cand].to(torch.float64)
-        pick = cand[torch.multinomial(weights, m, replacement=False, generator=generator)]
+        weights = err.flatten()[cand].to(torch.float64).cpu()  # the generator is a CPU one
+        draw = torch.multinomial(weights, m, replacement=False, generator=generator)
+        pick = cand[draw.to(cand.device)]
         pick = pick.sort().values
         ys, xs = pick // w, pick % w
         if sigma_px is None:  # tile the region: seeds on a lattice of spacing s = 2 sigma ...

@@ -104,6 +104,26 @@ def check_frames(frames: np.ndarray) -> tuple[int, int, int]:
     return t, h, w
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The torch device for ``device`` ("auto": CUDA when available, else the CPU); asking for CUDA
+    without it raises CodecConfigError."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise CodecConfigError(
+            f"device={device!r} is not a torch device; use 'cpu', 'cuda' or 'auto'"
+        ) from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise CodecConfigError(f"device={device!r} is not supported; use 'cpu', 'cuda' or 'auto'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CodecConfigError(
+            f"device={device!r} but this machine has no CUDA device; use 'cpu' or 'auto'"
+        )
+    return dev
+
+
 def gaussian_count(cfg: CodecConfig, height: int, width: int) -> int:
     """I-frame Gaussian count for a frame size at this config's density."""
     return max(1, round(cfg.fit.gaussians_per_kpx * height * width / 1000.0))
@@ -124,20 +144,28 @@ def _code_iframe(
     backend: RenderBackend,
     roi_mask: Tensor | None,
     gen: torch.Generator,
+    device: torch.device,
 ) -> tuple[QGaussians, QuantGrid, bytes, int]:
-    """Fit, quantise and entropy-code an I-frame; returns (state in canonical order, its grid, bytes, iters)."""
+    """Fit (on ``device``), quantise and entropy-code (on the CPU) an I-frame; returns (state in
+    canonical order, its grid, bytes, iters)."""
     h, w, _ = frame.shape
     init = _initialise(frame, gaussian_count(cfg, h, w), cfg, roi_mask, gen)
-    fitted = fit_iframe(frame, init, cfg.fit, backend, generator=gen)
-    g, iters = fitted.gaussians.detach(), fitted.iters
+    on_dev = frame.to(device)
+    fitted = fit_iframe(on_dev, init.to(device), cfg.fit, backend, generator=gen)
+    g, iters = fitted.gaussians.detach().to("cpu"), fitted.iters
     grid = make_grid(g, h, w, cfg.quant)
     if cfg.quant.mode == "qat":
         finetune_iters = max(1, int(cfg.fit.iframe_iters * QAT_FINETUNE_FRACTION))
         finetune = replace(cfg.fit, iframe_iters=finetune_iters, densify=False)
         tuned = fit_iframe(
-            frame, g, finetune, backend, fake_quant=lambda x: fake_quantize(x, grid), generator=gen
+            on_dev,
+            g.to(device),
+            finetune,
+            backend,
+            fake_quant=lambda x: fake_quantize(x, grid),
+            generator=gen,
         )
-        g, iters = tuned.gaussians.detach(), iters + tuned.iters
+        g, iters = tuned.gaussians.detach().to("cpu"), iters + tuned.iters
     q = quantize(g, grid)
     q = q.index(canonical_order(q))
     return q, grid, encode_intra(q, grid), iters
@@ -204,13 +232,18 @@ def encode_gop_report(
     *,
     roi_mask: np.ndarray | None = None,
     progress: ProgressFn | None = None,
+    device: str | torch.device = "cpu",
 ) -> GopEncodeResult:
     """Encode ``frames`` (uint8 [T, H, W, 3]) as one GOP; also return the reconstruction and per-frame stats.
 
     ``roi_mask`` (bool [H, W]) gives the region of interest a larger share of the I-frame's Gaussians.
-    Deterministic for the same frames, config and ``config.seed``.
+    ``device`` ("cpu", "cuda", "cuda:N" or "auto") is where the fits run; quantisation, entropy
+    coding, the rate-distortion choices and the closed-loop reconstruction always run on the CPU
+    with the decoder's renderer, so any device's payload decodes to exactly ``recon``. Deterministic
+    for the same frames, config, ``config.seed`` and device type.
     """
     t_count, h, w = check_frames(frames)
+    dev = resolve_device(device)
     if roi_mask is not None and roi_mask.shape != (h, w):
         raise CodecConfigError(f"roi_mask must have shape {(h, w)}; got {roi_mask.shape}")
     backend = get_backend(config.backend)  # fitting
@@ -225,7 +258,7 @@ def encode_gop_report(
 
     start = time.perf_counter()
     frame = to_float(frames[0])
-    q_state, grid, data, iters = _code_iframe(frame, config, backend, roi, gen)
+    q_state, grid, data, iters = _code_iframe(frame, config, backend, roi, gen, dev)
     if config.quant.mode == "qat":
         fake_quant = _fake_quant_on(grid)
     ref = dequantize(q_state, grid)
@@ -254,7 +287,7 @@ def encode_gop_report(
         cut = config.fit.scene_cut_psnr_db
         if cut > 0 and _is_scene_cut(psnr_db(frames[t], recon[t - 1]), stats[-1].psnr_db, cut):
             # scene cut: the reference has little to offer, start this frame afresh
-            q_state, grid, data, iters = _code_iframe(frame, config, backend, roi, gen)
+            q_state, grid, data, iters = _code_iframe(frame, config, backend, roi, gen, dev)
             if config.quant.mode == "qat":
                 fake_quant = _fake_quant_on(grid)
             data = (
@@ -272,19 +305,20 @@ def encode_gop_report(
             if progress:
                 progress(t + 1, t_count)
             continue
+        cost = _delta_cost(config, grid, h, w)
         res = fit_pframe(
-            ref,
-            ref_img,
-            frame,
+            ref.to(dev),
+            ref_img.to(dev),
+            frame.to(dev),
             config.fit,
             backend,
             fake_quant=fake_quant,
             generator=gen,
-            prev_frame=prev_frame,
-            delta_cost=_delta_cost(config, grid, h, w),
+            prev_frame=prev_frame.to(dev),
+            delta_cost=cost.to(dev) if cost is not None else None,
         )
         n_ref = len(q_state)
-        q_all = quantize(res.gaussians.detach(), grid)
+        q_all = quantize(res.gaussians.detach().to("cpu"), grid)
         old_rows = q_all.index(torch.arange(n_ref))
         changed_idx = torch.nonzero(~old_rows.equal_rows(q_state)).flatten()
         added = q_all.index(torch.arange(n_ref, len(q_all)))
@@ -337,10 +371,14 @@ def encode_gop_report(
 
 
 def encode_gop(
-    frames: np.ndarray, config: CodecConfig, *, roi_mask: np.ndarray | None = None
+    frames: np.ndarray,
+    config: CodecConfig,
+    *,
+    roi_mask: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
 ) -> bytes:
     """Encode ``frames`` (uint8 [T, H, W, 3]) into one independently decodable GOP payload."""
-    return encode_gop_report(frames, config, roi_mask=roi_mask).payload
+    return encode_gop_report(frames, config, roi_mask=roi_mask, device=device).payload
 
 
 def decode_gop(payload: bytes) -> np.ndarray:

@@ -181,8 +181,9 @@ def apply_fault(fault_dir: Path | None, index: int) -> None:
 class EncodeGopStage:
     """Encode one GOP and store its payload; fields are the stage's settings."""
 
-    config: dict[str, Any]  # CodecConfig.to_dict()
+    config: dict[str, Any]  # CodecConfig.to_dict() or to_compact()
     fault_dir: Path | None = None
+    device: str = "cpu"  # where the fits run: "cpu", "cuda" or "auto" (codec.gop.resolve_device)
 
     def process(self, spec: GopSpec, frames: np.ndarray, storage: Storage) -> GopResult:
         from codec.config import CodecConfig
@@ -198,7 +199,9 @@ class EncodeGopStage:
         start = time.perf_counter()
         if not frames.flags.writeable:  # Ray hands out read-only views of shared memory
             frames = frames.copy()
-        result = encode_gop_report(np.ascontiguousarray(frames, dtype=np.uint8), config)
+        result = encode_gop_report(
+            np.ascontiguousarray(frames, dtype=np.uint8), config, device=self.device
+        )
         seconds = time.perf_counter() - start
         try:
             storage.put_bytes(spec.key, result.payload)
@@ -226,5 +229,8 @@ def encode_gop_in_worker(
     """What the Ray task runs: build this worker's storage client, then the stage."""
     from infra.storage import make_storage
 
-    stage = EncodeGopStage(config=config, fault_dir=settings.fault_dir)
+    # a task given GPUs (settings.gop_num_gpus > 0) fits on the GPU Ray assigned it, when there is
+    # one; quantisation, entropy coding and the reconstruction stay on the CPU either way
+    device = "auto" if settings.gop_num_gpus > 0 else "cpu"
+    stage = EncodeGopStage(config=config, fault_dir=settings.fault_dir, device=device)
     return stage.process(spec, frames, make_storage(settings))
