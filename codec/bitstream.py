@@ -3,7 +3,7 @@
 Layout (all integers little-endian; ``varint`` is canonical unsigned LEB128, at most 5 bytes):
 
     magic   4 bytes  b"SPGP"
-    version u8       GOP_FORMAT_VERSION (2)
+    version u8       GOP_FORMAT_VERSION (3)
     flags   u8       free for the GOP coder (codec/gop.py); carried unchanged
     height  varint   1 .. 65535
     width   varint   1 .. 65535
@@ -26,7 +26,7 @@ from codec.errors import BitstreamError
 from codec.quant import GRID_NBYTES, QuantGrid
 
 GOP_MAGIC = b"SPGP"
-GOP_FORMAT_VERSION = 2  # 2: geometric Cholesky diagonal levels
+GOP_FORMAT_VERSION = 3  # 2: geometric Cholesky diagonal levels; 3: median-of-3 motion predictor
 MAX_SIDE = 65535
 MAX_GOP_FRAMES = 10_000
 

@@ -208,11 +208,13 @@ class _Cand:
     """One predictor. Kinds: 'id' (the value), 'zz' (the value read as a signed difference),
     'nb' (difference to the value of row ``src[i] < i``, 0 for ``src[i] = -1``), 'cross'
     (difference to ``ref``, another channel of the same row), 'nbcross' (the 'nb' difference
-    minus the same difference of ``ref``)."""
+    minus the same difference of ``ref``), 'med' (signed difference to the median of the values
+    of rows ``src3[i]``: three earlier rows, or the first of fewer; see :func:`_med_inverse`)."""
 
     kind: str
     ref: np.ndarray | None = None  # int64 [N]
     src: np.ndarray | None = None  # int64 [N], src[i] < i
+    src3: np.ndarray | None = None  # int64 [N, 3] for 'med': nearest earlier rows, -1 padded
 
 
 def _gather(v: np.ndarray, src: np.ndarray) -> np.ndarray:
@@ -249,10 +251,69 @@ def _near_src(xy: np.ndarray) -> np.ndarray:
     return best
 
 
+MED_WINDOW = 32  # a 'med' row's neighbours are the 3 nearest centres among the 32 rows before it
+
+
+def _near3_src(xy: np.ndarray) -> np.ndarray:
+    """int64 [N, 3]: per row the three nearest (squared distance; on ties the latest) of the
+    MED_WINDOW rows before it, nearest first, -1 where there are fewer."""
+    n = len(xy)
+    xy = xy.astype(np.int64)
+    best = np.full((n, 3), -1, dtype=np.int64)
+    best_d = np.full((n, 3), np.iinfo(np.int64).max, dtype=np.int64)
+    rows = np.arange(n)
+    for k in range(1, min(MED_WINDOW, n - 1) + 1):
+        j = rows[k:] - k
+        d = ((xy[k:] - xy[j]) ** 2).sum(axis=1)
+        cur_d, cur = best_d[k:], best[k:]
+        pos = (cur_d <= d[:, None]).sum(axis=1)  # [M] slot of the new candidate, 3 = not kept
+        nd, ni = cur_d.copy(), cur.copy()
+        for slot in (2, 1):
+            shift = pos < slot
+            nd[:, slot] = np.where(shift, cur_d[:, slot - 1], nd[:, slot])
+            ni[:, slot] = np.where(shift, cur[:, slot - 1], ni[:, slot])
+        for slot in range(3):
+            put = pos == slot
+            nd[:, slot] = np.where(put, d, nd[:, slot])
+            ni[:, slot] = np.where(put, j, ni[:, slot])
+        best_d[k:], best[k:] = nd, ni
+    return best
+
+
+def _med_forward(v: np.ndarray, src3: np.ndarray, size: int) -> np.ndarray:
+    """Residuals of 'med': values are read signed (``_wrap``), predicted by the median of the three
+    neighbours' (the nearest one's when fewer than three, 0 when none)."""
+    sv = _wrap(v, size)
+    valid = src3 >= 0
+    vals = np.where(valid, sv[np.maximum(src3, 0)], 0)  # [N, 3]
+    pred = np.where(valid[:, 2], np.sort(vals, axis=1)[:, 1], vals[:, 0])
+    return _zz(_wrap(sv - pred, size))
+
+
+def _med_inverse(r: np.ndarray, src3: np.ndarray, size: int) -> np.ndarray:
+    """Inverse of :func:`_med_forward`, row by row (each prediction needs earlier rows)."""
+    u = _unzz(r).tolist()
+    half = size // 2
+    out = [0] * len(u)
+    for i, (a, b, c) in enumerate(src3.tolist()):
+        if c >= 0:
+            x, y, z = out[a], out[b], out[c]
+            pred = max(min(x, y), min(max(x, y), z))
+        elif a >= 0:
+            pred = out[a]
+        else:
+            pred = 0
+        out[i] = (pred + u[i] + half) % size - half
+    return np.asarray(out, dtype=np.int64) % size
+
+
 def _forward(v: np.ndarray, c: _Cand, kbits: int) -> np.ndarray:
     size = 1 << kbits
     if c.kind == "id":
         return v
+    if c.kind == "med":
+        assert c.src3 is not None
+        return _med_forward(v, c.src3, size)
     if c.kind == "zz":
         return _zz(_wrap(v, size))
     u = v if c.ref is None or c.kind == "nb" else v - c.ref
@@ -266,6 +327,9 @@ def _inverse(r: np.ndarray, c: _Cand, kbits: int) -> np.ndarray:
     size = 1 << kbits
     if c.kind == "id":
         return r
+    if c.kind == "med":
+        assert c.src3 is not None
+        return _med_inverse(r, c.src3, size)
     u = _unzz(r)
     if c.kind in ("nb", "nbcross"):
         assert c.src is not None
@@ -507,6 +571,17 @@ def _cands(base: str, src: np.ndarray, refs: dict[int, np.ndarray], c: int) -> l
     return out
 
 
+def _inter_cands(
+    src: np.ndarray, near3: np.ndarray, refs: dict[int, np.ndarray], c: int
+) -> list[_Cand]:
+    """P-frame delta predictors for channel ``c``: those of :func:`_cands`, plus for the position
+    deltas the median of the three spatially nearest earlier updates (motion is coherent)."""
+    out = _cands("zz", src, refs, c)
+    if c in (0, 1):
+        out.append(_Cand("med", src3=near3))
+    return out
+
+
 def _put_set(w: _Writer, rows: np.ndarray, grid: QuantGrid, what: str) -> None:
     """Rows (int64 [N, 8], Morton-sorted) as in an I-frame: Morton gaps, then attributes."""
     morton = _morton(rows[:, :2])
@@ -635,11 +710,12 @@ def encode_inter(
             _write_plan(w, plan_gaps, kb, 1)
         bits = _bits_per_column(grid)
         src = np.arange(k) - 1
+        near3 = _near3_src(old[idx, :2])
         done: dict[int, np.ndarray] = {}
         for c in (0, 1, *_INTRA_ATTRS):
             size = 1 << int(bits[c])
             d = (new[:, c] - old[idx, c]) % size
-            _put(w, d, int(bits[c]), _cands("zz", src, done, c))
+            _put(w, d, int(bits[c]), _inter_cands(src, near3, done, c))
             done[c] = d
     if m:
         _put_set(w, add, grid, f"{what}: added")
@@ -683,9 +759,10 @@ def decode_inter(data: bytes, prev: QGaussians, grid: QuantGrid) -> QGaussians:
             raise BitstreamError(f"{what}: changed row {int(idx[-1])} is beyond the {n_prev} rows")
         bits = _bits_per_column(grid)
         src = np.arange(k) - 1
+        near3 = _near3_src(rows[idx, :2])  # before any column of these rows is updated
         done: dict[int, np.ndarray] = {}
         for c in (0, 1, *_INTRA_ATTRS):
-            d = _get(r, k, int(bits[c]), _cands("zz", src, done, c))
+            d = _get(r, k, int(bits[c]), _inter_cands(src, near3, done, c))
             done[c] = d
             rows[idx, c] = (rows[idx, c] + d) % (1 << int(bits[c]))
     if m:

@@ -340,3 +340,51 @@ def test_mutated_records_only_raise_bitstream_error(
             decode_inter(bytes(raw), PREV, GRID)
     except BitstreamError:
         pass
+
+
+def test_near3_neighbours_match_a_brute_force_search() -> None:
+    from codec.entropy import MED_WINDOW, _near3_src
+
+    rng = np.random.default_rng(5)
+    xy = rng.integers(0, 40, size=(120, 2))
+    got = _near3_src(xy)
+    for i in range(len(xy)):
+        cands = list(range(max(0, i - MED_WINDOW), i))
+        # nearest first; among equal distances the later row first
+        cands.sort(key=lambda j: (int(((xy[i] - xy[j]) ** 2).sum()), -j))
+        want = (cands + [-1, -1, -1])[:3]
+        assert got[i].tolist() == want
+
+
+@pytest.mark.parametrize("kbits", [1, 3, 8])
+def test_median_predictor_round_trips_including_wrap(kbits: int) -> None:
+    from codec.entropy import _med_forward, _med_inverse, _near3_src
+
+    rng = np.random.default_rng(kbits)
+    size = 1 << kbits
+    n = 300
+    xy = rng.integers(0, 50, size=(n, 2))
+    v = rng.integers(0, size, size=n)
+    src3 = _near3_src(xy)
+    r = _med_forward(v, src3, size)
+    assert (r >= 0).all() and (r < size).all()
+    np.testing.assert_array_equal(_med_inverse(r, src3, size), v)
+
+
+def test_coherent_motion_is_cheaper_with_the_median_predictor() -> None:
+    from codec.entropy import _Cand, _near3_src, _plan
+
+    rng = np.random.default_rng(0)
+    n, size_bits = 400, 10
+    xy = rng.integers(0, 200, size=(n, 2))
+    xy = xy[np.lexsort((xy[:, 0], xy[:, 1] // 8))]  # strips of 8 rows, like a space-filling order
+    motion = np.where(xy[:, 0] < 100, 3, -4)  # two regions moving apart ...
+    outlier = rng.random(n) < 0.1  # ... and some Gaussians that move on their own
+    motion = np.where(outlier, rng.integers(-20, 21, size=n), motion)
+    v = motion % (1 << size_bits)
+    src = np.arange(n) - 1
+    without = _plan(v, size_bits, [_Cand("zz"), _Cand("nb", src=src)])
+    with_med = _plan(
+        v, size_bits, [_Cand("zz"), _Cand("nb", src=src), _Cand("med", src3=_near3_src(xy))]
+    )
+    assert with_med.cand == 2 and with_med.cost < 0.8 * without.cost
