@@ -656,6 +656,39 @@ def decode_intra(data: bytes, grid: QuantGrid) -> QGaussians:
     return _to_q(rows)
 
 
+_INDEX_MODES = 3  # how a P-frame says which rows change: 0 gaps, 1 runs, 2 context bitmap
+
+
+def _flag_weights(n_g: int, k_g: int) -> np.ndarray:
+    """The two-symbol model of a context group with ``k_g`` of ``n_g`` rows changing."""
+    return np.array([n_g - k_g, k_g], dtype=np.float64)
+
+
+def _get_ctx_bitmap(r: _Reader, groups: list[np.ndarray], k: int, what: str) -> np.ndarray:
+    """Changed rows (int64 [k], sorted) from a context bitmap; counts must add up to ``k``."""
+    picked: list[np.ndarray] = []
+    for rows_g in groups:
+        n_g = len(rows_g)
+        if not n_g:
+            continue
+        k_g = int(r.uniform(1, n_g + 1)[0])
+        if k_g == n_g:
+            picked.append(rows_g)
+        elif k_g:
+            f_g = r.categorical(n_g, _flag_weights(n_g, k_g))
+            if int(f_g.sum()) != k_g:
+                raise BitstreamError(
+                    f"{what}: a context group says {k_g} rows change, its bitmap {int(f_g.sum())}"
+                )
+            picked.append(rows_g[f_g.astype(bool)])
+    idx = np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+    if len(idx) != k:
+        raise BitstreamError(
+            f"{what}: the context bitmap has {len(idx)} changed rows, the header {k}"
+        )
+    return idx
+
+
 def _run_lengths(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(zero runs, one runs) of the bitmap of sorted unique ``idx``: z0 >= 0, later z >= 1."""
     starts = np.flatnonzero(np.diff(idx, prepend=-2) != 1)
@@ -665,11 +698,43 @@ def _run_lengths(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return zeros, last - first + 1
 
 
+def _ctx_groups(ctx: np.ndarray | None, n: int) -> list[np.ndarray]:
+    """Row indices (int64, ascending) of the two context groups: rows the previous frame did not
+    touch, then rows it did (``ctx`` bool [n]; None = nothing touched)."""
+    if ctx is None:
+        return [np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64)]
+    if ctx.shape != (n,):
+        raise ValueError(f"context must have shape ({n},); got {ctx.shape}")
+    return [np.flatnonzero(~ctx), np.flatnonzero(ctx)]
+
+
+def _ctx_cost(groups: list[np.ndarray], flags: np.ndarray) -> float:
+    """Bits of the context bitmap: per group its count, then its flags at the group's rate."""
+    bits = 0.0
+    for rows in groups:
+        n_g = len(rows)
+        if not n_g:
+            continue
+        k_g = int(flags[rows].sum())
+        bits += math.log2(n_g + 1)
+        if 0 < k_g < n_g:
+            p = k_g / n_g
+            bits += -n_g * (p * math.log2(p) + (1 - p) * math.log2(1 - p))
+    return bits
+
+
 def encode_inter(
-    prev: QGaussians, changed_idx: Tensor, changed: QGaussians, added: QGaussians, grid: QuantGrid
+    prev: QGaussians,
+    changed_idx: Tensor,
+    changed: QGaussians,
+    added: QGaussians,
+    grid: QuantGrid,
+    ctx: np.ndarray | None = None,
 ) -> bytes:
     """A P-frame record: rows ``changed_idx`` (int64 [K], sorted, unique) of ``prev`` get the
-    values ``changed`` (K rows); ``added`` (M rows, Morton-sorted) are appended."""
+    values ``changed`` (K rows); ``added`` (M rows, Morton-sorted) are appended. ``ctx`` (bool
+    [len(prev)]) marks the rows the previous frame changed or added: the decoder knows it, and
+    the coder may code which rows change as a bitmap in those two context groups."""
     what = "encode_inter"
     old = _rows(prev)
     idx = torch.as_tensor(changed_idx).cpu().numpy().astype(np.int64).reshape(-1)
@@ -697,15 +762,31 @@ def encode_inter(
             (_plan(z, kb, [_Cand("id")]) if kb else None),
             (_plan(ones - 1, _nbits(k), [_Cand("id")]) if _nbits(k) else None),
         )
-        cost_gaps = plan_gaps.cost if plan_gaps else 0.0
-        cost_runs = _nbits(k) + sum(p.cost for p in plans_runs if p)
-        use_runs = cost_runs < cost_gaps
-        w.uniform(np.array([int(use_runs)]), 2)
-        if use_runs:
+        groups = _ctx_groups(ctx, n_prev)
+        flags = np.zeros(n_prev, dtype=bool)
+        flags[idx] = True
+        costs = [
+            plan_gaps.cost if plan_gaps else 0.0,
+            _nbits(k) + sum(p.cost for p in plans_runs if p),
+            _ctx_cost(groups, flags),
+        ]
+        mode = int(np.argmin(costs))  # first of equals
+        w.uniform(np.array([mode]), _INDEX_MODES)
+        if mode == 1:
             w.bits(np.array([len(ones) - 1]), np.array([_nbits(k)]))
             for p, nb in zip(plans_runs, (kb, _nbits(k)), strict=True):
                 if p:
                     _write_plan(w, p, nb, 1)
+        elif mode == 2:
+            for rows_g in groups:
+                n_g = len(rows_g)
+                if not n_g:
+                    continue
+                f_g = flags[rows_g]
+                k_g = int(f_g.sum())
+                w.uniform(np.array([k_g]), n_g + 1)
+                if 0 < k_g < n_g:
+                    w.categorical(f_g.astype(np.int64), _flag_weights(n_g, k_g))
         elif plan_gaps:
             _write_plan(w, plan_gaps, kb, 1)
         bits = _bits_per_column(grid)
@@ -722,8 +803,11 @@ def encode_inter(
     return head + _padded(w.finish(), m)
 
 
-def decode_inter(data: bytes, prev: QGaussians, grid: QuantGrid) -> QGaussians:
-    """Inverse of :func:`encode_inter`: ``prev`` with changed rows replaced and added rows appended."""
+def decode_inter(
+    data: bytes, prev: QGaussians, grid: QuantGrid, ctx: np.ndarray | None = None
+) -> QGaussians:
+    """Inverse of :func:`encode_inter` (same ``ctx``): ``prev`` with changed rows replaced and
+    added rows appended."""
     what = "P-frame"
     data = bytes(data)
     k, pos = read_varint(data, 0, what)
@@ -743,7 +827,10 @@ def decode_inter(data: bytes, prev: QGaussians, grid: QuantGrid) -> QGaussians:
     r = _Reader(body, what)
     if k:
         kb = _nbits(n_prev)
-        if r.uniform(1, 2)[0]:
+        mode = int(r.uniform(1, _INDEX_MODES)[0])
+        if mode == 2:
+            idx = _get_ctx_bitmap(r, _ctx_groups(ctx, n_prev), k, what)
+        elif mode == 1:
             n_runs = int(r.bits(np.array([_nbits(k)]))[0]) + 1
             if n_runs > k:
                 raise BitstreamError(f"{what}: {n_runs} runs of changed rows but only {k} rows")

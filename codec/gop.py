@@ -219,6 +219,14 @@ def _delta_cost(cfg: CodecConfig, grid: QuantGrid, h: int, w: int) -> Tensor | N
     return per_level / grid.level_steps()  # the diagonals' steps are in log units, as the penalty
 
 
+def _touched(prev: QGaussians, state: QGaussians) -> np.ndarray:
+    """bool [len(state)]: rows a P-frame changed (they differ from ``prev``) or added."""
+    n = len(prev)
+    out = np.ones(len(state), dtype=bool)
+    out[:n] = ~state.index(torch.arange(n)).equal_rows(prev).cpu().numpy()
+    return out
+
+
 def _set_rows(prev: QGaussians, idx: Tensor, values: QGaussians) -> QGaussians:
     """``prev`` with rows ``idx`` (int64 [K]) replaced by ``values`` (K rows)."""
     rows = prev.rows().clone()
@@ -259,6 +267,7 @@ def encode_gop_report(
     start = time.perf_counter()
     frame = to_float(frames[0])
     q_state, grid, data, iters = _code_iframe(frame, config, backend, roi, gen, dev)
+    ctx: np.ndarray | None = None  # rows the previous P-frame changed or added (entropy context)
     if config.quant.mode == "qat":
         fake_quant = _fake_quant_on(grid)
     ref = dequantize(q_state, grid)
@@ -288,6 +297,7 @@ def encode_gop_report(
         if cut > 0 and _is_scene_cut(psnr_db(frames[t], recon[t - 1]), stats[-1].psnr_db, cut):
             # scene cut: the reference has little to offer, start this frame afresh
             q_state, grid, data, iters = _code_iframe(frame, config, backend, roi, gen, dev)
+            ctx = None
             if config.quant.mode == "qat":
                 fake_quant = _fake_quant_on(grid)
             data = (
@@ -344,8 +354,10 @@ def encode_gop_report(
                 q_state, old_rows, changed_idx, grid, config.fit.pframe_min_update_energy
             )
             old_rows = _apply_updates(q_state, old_rows, changed_idx)
-        data = encode_inter(q_state, changed_idx, old_rows.index(changed_idx), added, grid)
-        q_state = QGaussians.cat([old_rows, added])  # exactly what the decoder rebuilds
+        data = encode_inter(q_state, changed_idx, old_rows.index(changed_idx), added, grid, ctx)
+        new_state = QGaussians.cat([old_rows, added])  # exactly what the decoder rebuilds
+        ctx = _touched(q_state, new_state)
+        q_state = new_state
         ref = dequantize(q_state, grid)
         ref_img = renderer.render_nograd(ref, h, w)
         recon[t] = to_u8(ref_img)
@@ -400,16 +412,19 @@ def decode_gop(payload: bytes) -> np.ndarray:
     backend = get_backend(DECODE_BACKEND)
     out = np.empty((t_count, h, w, 3), dtype=np.uint8)
     state: QGaussians | None = None
+    ctx: np.ndarray | None = None
     grid = header.grid
     for t, (kind, data) in enumerate(coded):
         if kind == FrameKind.I:
-            state = decode_intra(data, grid)
+            state, ctx = decode_intra(data, grid), None
         elif kind == FrameKind.I_NEW_GRID:
             grid = QuantGrid.from_bytes(data[:GRID_NBYTES])
-            state = decode_intra(data[GRID_NBYTES:], grid)
+            state, ctx = decode_intra(data[GRID_NBYTES:], grid), None
         elif state is None:
             raise BitstreamError("GOP starts with a P-frame; the first frame must be an I-frame")
         else:
-            state = decode_inter(data, state, grid)
+            new_state = decode_inter(data, state, grid, ctx)
+            ctx = _touched(state, new_state)
+            state = new_state
         out[t] = to_u8(backend.render_nograd(dequantize(state, grid), h, w))
     return out

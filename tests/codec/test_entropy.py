@@ -200,6 +200,26 @@ def test_inter_round_trip_random(n_prev: int, k: int, m: int) -> None:
     assert_same(decode_inter(data, prev, GRID), expected_after(prev, idx, changed, added))
 
 
+def test_inter_context_bitmap_pays_when_changes_follow_the_last_frame() -> None:
+    prev = random_q(2000, seed=4)
+    rng = np.random.default_rng(9)
+    ctx = rng.random(2000) < 0.15  # rows the previous frame touched, scattered
+    idx = torch.from_numpy(np.flatnonzero(ctx & (rng.random(2000) < 0.8)).astype(np.int64))
+    same = prev.index(idx)
+    with_ctx = encode_inter(prev, idx, same, QGaussians.empty(), GRID, ctx)
+    without = encode_inter(prev, idx, same, QGaussians.empty(), GRID)
+    assert len(with_ctx) < 0.7 * len(without)
+    assert_same(decode_inter(with_ctx, prev, GRID, ctx), prev)
+    # a decoder with another context reads other rows or refuses; it never crashes
+    other = np.roll(ctx, 1)
+    try:
+        decode_inter(with_ctx, prev, GRID, other)
+    except BitstreamError:
+        pass
+    with pytest.raises(ValueError):
+        encode_inter(prev, idx, same, QGaussians.empty(), GRID, ctx[:10])
+
+
 def test_inter_small_motion_in_runs_is_cheap() -> None:
     prev = smooth_q()
     idx = torch.arange(200, 330)  # a contiguous block in Morton order: one run
