@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from codec.config import CodecConfig
-from codec.errors import CodecError
+from codec.errors import CodecConfigError, CodecError
 
 
 def _config_from_args(args: argparse.Namespace) -> CodecConfig:
@@ -27,7 +27,22 @@ def _config_from_args(args: argparse.Namespace) -> CodecConfig:
         overrides["fit__iframe_iters"] = args.iters
     if args.p_iters is not None:
         overrides["fit__pframe_iters"] = args.p_iters
+    for item in args.set or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise CodecConfigError(f"--set {item!r}: use KEY=VALUE, e.g. fit__pframe_rd_lambda=670")
+        overrides[key] = _literal(text)
     return CodecConfig.preset(args.preset, args.quality, **overrides)
+
+
+def _literal(text: str) -> object:
+    """A --set value: int, float, true/false, else the string."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
@@ -162,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--seed", type=int, default=0)
     enc.add_argument("--init", choices=["superpixel", "random"], default=None)
     enc.add_argument("--quant", choices=["ptq", "qat"], default=None)
+    enc.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any CodecConfig field (fit__x, quant__y, or top level), repeatable",
+    )
     enc.add_argument(
         "--device",
         default="cpu",

@@ -93,7 +93,21 @@ def test_user_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["info", str(garbage)]) == 2
     assert main(["decode", str(garbage), "-o", str(tmp_path / "o.mp4")]) == 2
     assert main(["encode", str(not_video), "-o", str(tmp_path / "x.gsv"), "--quality", "11"]) == 2
+    for bad in ("fit__nope=1", "no_equals", "fit__pframe_rd_lambda=-5"):
+        assert main(["encode", str(not_video), "-o", str(tmp_path / "x.gsv"), "--set", bad]) == 2
+        assert "error:" in capsys.readouterr().err
     assert not (tmp_path / "x.gsv").exists()
+
+
+def test_set_reaches_any_config_field() -> None:
+    from codec.cli import _config_from_args, build_parser
+
+    args = build_parser().parse_args(
+        ["encode", "in.mp4", "-o", "o.gsv", "--quality", "4", "--set", "fit__pframe_rd_lambda=670"]
+        + ["--set", "quant__rgb_bits=7", "--set", "fit__densify=true"]
+    )
+    cfg = _config_from_args(args)
+    assert cfg.fit.pframe_rd_lambda == 670 and cfg.quant.rgb_bits == 7 and cfg.fit.densify is True
 
 
 def test_encode_with_roi_mask_file_and_face_detection(clip: Path, tmp_path: Path) -> None:
