@@ -16,22 +16,12 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from codec.config import CodecConfig
+from codec.config import CodecConfig, parse_overrides
 from codec.gop import encode_gop_report
 from codec.video import iter_frames
-
-
-def _value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     frames = np.stack([f for _, f in zip(range(args.frames), iter_frames(args.clip), strict=False)])
     rows = []
     for spec in args.specs:
-        overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in spec.split(","))}
+        overrides = parse_overrides(spec.split(","))
         quality = int(overrides.pop("q", 5))
         cfg = CodecConfig.preset(args.preset, quality, gop=len(frames), **overrides)
         start = time.perf_counter()

@@ -22,18 +22,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from codec.api import encode_video, iter_decoded  # noqa: E402
-from codec.config import CodecConfig  # noqa: E402
+from codec.config import CodecConfig, parse_overrides  # noqa: E402
 from codec.metrics import psnr_db  # noqa: E402
 from codec.video import iter_frames  # noqa: E402
-
-
-def _value(text: str) -> object:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quality", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("bench/results/target_point.json"))
     args = ap.parse_intermixed_args(argv)
-    overrides = {k: _value(v) for k, v in (o.split("=", 1) for o in args.overrides)}
+    overrides = parse_overrides(args.overrides)
     cfg = CodecConfig.preset(args.preset, args.quality, gop=args.gop, **overrides)
     with tempfile.TemporaryDirectory() as tmp:
         gsv = Path(tmp) / "out.gsv"

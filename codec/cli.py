@@ -13,8 +13,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from codec.config import CodecConfig
-from codec.errors import CodecConfigError, CodecError
+from codec.config import CodecConfig, parse_overrides
+from codec.errors import CodecError
 
 
 def _config_from_args(args: argparse.Namespace) -> CodecConfig:
@@ -27,22 +27,8 @@ def _config_from_args(args: argparse.Namespace) -> CodecConfig:
         overrides["fit__iframe_iters"] = args.iters
     if args.p_iters is not None:
         overrides["fit__pframe_iters"] = args.p_iters
-    for item in args.set or []:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise CodecConfigError(f"--set {item!r}: use KEY=VALUE, e.g. fit__pframe_rd_lambda=670")
-        overrides[key] = _literal(text)
+    overrides.update(parse_overrides(args.set or []))
     return CodecConfig.preset(args.preset, args.quality, **overrides)
-
-
-def _literal(text: str) -> object:
-    """A --set value: int, float, true/false, else the string."""
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:

@@ -279,6 +279,29 @@ class CodecConfig:
             raise CodecConfigError(f"bad config: {exc}") from exc
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["fit__lr=0.01", "gop=12", "fit__densify=true"]`` as ``with_overrides`` keyword arguments:
+    values become int, float or bool where they read as one, else stay strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise CodecConfigError(
+                f"override {item!r}: use KEY=VALUE, e.g. fit__pframe_rd_lambda=670"
+            )
+        out[key] = _literal(text)
+    return out
+
+
+def _literal(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
 def _flatten(d: dict[str, Any]) -> dict[str, Any]:
     """``to_dict`` output as ``with_overrides`` keys: top-level fields, ``fit__x``, ``quant__y``."""
     out: dict[str, Any] = {}

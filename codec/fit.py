@@ -114,17 +114,12 @@ def _loss(img: Tensor, target: Tensor, ssim_weight: float) -> Tensor:
     return (1.0 - ssim_weight) * mse + ssim_weight * (1.0 - _ssim(img, target))
 
 
-def _delta_penalty(rows: Gaussians, start: Gaussians, n: int, cost: Tensor) -> Tensor:
-    """Rate term: sum over the first ``n`` rows of ``cost`` (float32 [8], loss units per unit of
-    x, y, log l11, l21, log l22, r, g, b: the quantiser's channels, see codec.quant) times the
-    absolute change from ``start``."""
-
-    def channels(g: Gaussians, k: int) -> Tensor:
-        chol = g.chol[:k]
-        logd = chol[:, [0, 2]].clamp(min=MIN_CHOL_DIAG).log()
-        return torch.cat([g.xy_px[:k], logd[:, :1], chol[:, 1:2], logd[:, 1:], g.rgb[:k]], dim=1)
-
-    return ((channels(rows, n) - channels(start, n)).abs() * cost).sum()
+def _quant_channels(g: Gaussians, n: int) -> Tensor:
+    """[n, 8] the first ``n`` rows in the quantiser's channels: x, y, log l11, l21, log l22, r, g, b
+    (see codec.quant), the units the P-frame rate term counts changes in."""
+    chol = g.chol[:n]
+    logd = chol[:, [0, 2]].clamp(min=MIN_CHOL_DIAG).log()
+    return torch.cat([g.xy_px[:n], logd[:, :1], chol[:, 1:2], logd[:, 1:], g.rgb[:n]], dim=1)
 
 
 def changed_mask(a: Tensor, b: Tensor, threshold: float) -> Tensor:
@@ -449,6 +444,7 @@ def fit_pframe(
     assemble = _Assembler(ref, touched)
     start = ref.index(touched)
     n_touched = len(start)
+    start_channels = _quant_channels(start, n_touched)
     opt = _RowOptimizer(start, cfg)
     sched = _Schedule(cfg, cfg.pframe_iters)
     max_new = int(cfg.pframe_max_new_frac * len(ref))
@@ -479,7 +475,8 @@ def fit_pframe(
             break  # nothing touches the change and nothing could be added
         loss = _loss(img, target, cfg.ssim_weight)
         if delta_cost is not None and n_touched:
-            loss = loss + _delta_penalty(opt.rows(), start, n_touched, delta_cost)
+            moved = _quant_channels(opt.rows(), n_touched) - start_channels
+            loss = loss + (moved.abs() * delta_cost).sum()  # rate term: cost per unit of change
         opt.step(loss, sched.factor(it, float(loss.detach())), h, w)
         it += 1
     out = assemble(best).detach()

@@ -133,26 +133,27 @@ def install_error_handlers(app: FastAPI) -> None:
             body = error_body(code, message)
         return JSONResponse(status_code=exc.status_code, content=body, headers=exc.headers)
 
-    async def on_pool_timeout(_request: Request, exc: Exception) -> JSONResponse:
-        _log.warning("database pool exhausted: %s", exc)
+    def unavailable(code: str, message: str, retry_after_s: int) -> JSONResponse:
         return JSONResponse(
             status_code=503,
-            content=error_body(
-                "database_busy",
-                "the service is busy (no free database connection); retry in a moment",
-            ),
-            headers={"Retry-After": "1"},
+            content=error_body(code, message),
+            headers={"Retry-After": str(retry_after_s)},
+        )
+
+    async def on_pool_timeout(_request: Request, exc: Exception) -> JSONResponse:
+        _log.warning("database pool exhausted: %s", exc)
+        return unavailable(
+            "database_busy",
+            "the service is busy (no free database connection); retry in a moment",
+            1,
         )
 
     async def on_database_down(_request: Request, exc: Exception) -> JSONResponse:
         _log.warning("database unavailable: %s", exc)
-        return JSONResponse(
-            status_code=503,
-            content=error_body(
-                "database_unavailable",
-                "the service cannot reach its database; retry later or contact the operator",
-            ),
-            headers={"Retry-After": "5"},
+        return unavailable(
+            "database_unavailable",
+            "the service cannot reach its database; retry later or contact the operator",
+            5,
         )
 
     async def on_unexpected_error(_request: Request, exc: Exception) -> JSONResponse:

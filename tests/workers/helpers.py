@@ -3,10 +3,14 @@ tiny codec settings."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from fractions import Fraction
@@ -248,3 +252,53 @@ class WorkerEnv:
 
     def job(self, job_id: uuid.UUID) -> Job:
         return get_job(self.session_factory, job_id)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def worker_process(
+    env: WorkerEnv, settings: Settings, extra_env: dict[str, str], worker_id: str = "doomed"
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A real ``python -m workers worker`` process on ``env``'s database and ``settings``' local
+    storage (plus ``extra_env``), logging to a file; yields (process, log path) and kills it
+    on the way out if it still runs."""
+    proc_env = dict(os.environ)
+    proc_env.update(
+        {
+            "SPLATPACK_DATABASE_URL": env.db_url,
+            "SPLATPACK_DATA_DIR": str(settings.data_dir),
+            "SPLATPACK_STORAGE_BACKEND": "local",
+            "SPLATPACK_STORAGE_ROOT": str(settings.resolved_storage_root),
+            "SPLATPACK_POLL_SECONDS": "0.2",
+            **extra_env,
+        }
+    )
+    log_path = env.tmp_path / f"{worker_id}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers", "worker", "--worker-id", worker_id],
+            cwd=REPO,
+            env=proc_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc, log_path
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def assert_running(proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Fail with the process's log tail if it has exited."""
+    if proc.poll() is not None:
+        raise AssertionError(f"runner exited early:\n{log_path.read_text()[-3000:]}")
+
+
+def kill_hard(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL, as a crash would, and reap it."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)

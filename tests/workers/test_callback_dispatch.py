@@ -8,24 +8,26 @@ steps (backoff, claim leases) run on an injected clock, so nothing sleeps.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from infra.callback_urls import CallbackUrlPolicy
 from infra.db import make_engine, make_session_factory
 from infra.models import JobStatus
-from tests.workers.helpers import WorkerEnv, finish_job, wait_for
+from tests.workers.helpers import (
+    WorkerEnv,
+    assert_running,
+    finish_job,
+    kill_hard,
+    wait_for,
+    worker_process,
+)
 from workers.callback_dispatch import CallbackDispatcher
 from workers.callbacks import DELIVERED, FAILED, PENDING, CallbackDelivery
 
-REPO = Path(__file__).resolve().parents[2]
 LOCAL_OK = CallbackUrlPolicy(allow_private=True)
 
 
@@ -231,42 +233,19 @@ def test_a_callback_due_when_its_runner_is_killed_is_delivered_by_another(
     job_id = worker_env.add_job("uploads/gone/in.mp4", callback_url=rx.url)
     survivor = worker_env.runner("survivor", callback_allow_private=True)
     settings = survivor.settings
-    env = dict(os.environ)
-    env.update(
-        {
-            "SPLATPACK_DATABASE_URL": worker_env.db_url,
-            "SPLATPACK_DATA_DIR": str(settings.data_dir),
-            "SPLATPACK_STORAGE_BACKEND": "local",
-            "SPLATPACK_STORAGE_ROOT": str(settings.resolved_storage_root),
-            "SPLATPACK_POLL_SECONDS": "0.2",
-            "SPLATPACK_CALLBACK_ALLOW_PRIVATE": "true",
-            "SPLATPACK_CALLBACK_TIMEOUT_S": "60",
-            "SPLATPACK_CALLBACK_LEASE_SECONDS": "120",
-        }
-    )
-    log_path = worker_env.tmp_path / "doomed.log"
-    with open(log_path, "wb") as log:
-        doomed = subprocess.Popen(
-            [sys.executable, "-m", "workers", "worker", "--worker-id", "doomed"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    extra_env = {
+        "SPLATPACK_CALLBACK_ALLOW_PRIVATE": "true",
+        "SPLATPACK_CALLBACK_TIMEOUT_S": "60",
+        "SPLATPACK_CALLBACK_LEASE_SECONDS": "120",
+    }
+    with worker_process(worker_env, settings, extra_env) as (doomed, log_path):
 
         def callback_in_flight() -> bool:
-            if doomed.poll() is not None:
-                raise AssertionError(f"runner exited early:\n{log_path.read_text()[-3000:]}")
+            assert_running(doomed, log_path)
             return len(rx.bodies) >= 1
 
         wait_for(callback_in_flight, 60, "the runner to end the job and call back")
-        os.kill(doomed.pid, signal.SIGKILL)
-        doomed.wait(timeout=30)
-    finally:
-        if doomed.poll() is None:
-            doomed.kill()
-            doomed.wait()
+        kill_hard(doomed)
     assert doomed.returncode == -signal.SIGKILL and rx.answered == 0
     job = worker_env.job(job_id)
     assert job.status == JobStatus.failed and job.error_code == "input_not_found"

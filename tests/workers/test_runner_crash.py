@@ -11,19 +11,22 @@ as an uninterrupted run of the same input.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from infra.models import JobGop, JobStatus
-from tests.workers.helpers import TINY_CODEC, WorkerEnv, started_markers, wait_for, write_fault
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.workers.helpers import (
+    TINY_CODEC,
+    WorkerEnv,
+    assert_running,
+    kill_hard,
+    started_markers,
+    wait_for,
+    worker_process,
+    write_fault,
+)
 
 
 @pytest.mark.slow
@@ -48,36 +51,18 @@ def test_killed_runner_job_finishes_elsewhere_with_same_bytes(
     write_fault(faults, 1, "sleep 300")
     job_id = worker_env.add_job(key, gop=2)
 
-    env = dict(os.environ)
-    env.update(
-        {
-            "SPLATPACK_DATABASE_URL": worker_env.db_url,
-            "SPLATPACK_RAY_ADDRESS": ray_local,
-            "SPLATPACK_DATA_DIR": str(settings.data_dir),
-            "SPLATPACK_STORAGE_BACKEND": "local",
-            "SPLATPACK_STORAGE_ROOT": str(settings.resolved_storage_root),
-            "SPLATPACK_CODEC_OVERRIDES": json.dumps(TINY_CODEC),
-            "SPLATPACK_FAULT_DIR": str(faults),
-            "SPLATPACK_LEASE_SECONDS": str(lease_s),
-            "SPLATPACK_HEARTBEAT_SECONDS": "0.5",
-            "SPLATPACK_GOPS_IN_FLIGHT": "2",
-            "SPLATPACK_POLL_SECONDS": "0.2",
-        }
-    )
-    log_path = worker_env.tmp_path / "doomed.log"
-    with open(log_path, "wb") as log:
-        doomed = subprocess.Popen(
-            [sys.executable, "-m", "workers", "worker", "--worker-id", "doomed"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    extra_env = {
+        "SPLATPACK_RAY_ADDRESS": ray_local,
+        "SPLATPACK_CODEC_OVERRIDES": json.dumps(TINY_CODEC),
+        "SPLATPACK_FAULT_DIR": str(faults),
+        "SPLATPACK_LEASE_SECONDS": str(lease_s),
+        "SPLATPACK_HEARTBEAT_SECONDS": "0.5",
+        "SPLATPACK_GOPS_IN_FLIGHT": "2",
+    }
+    with worker_process(worker_env, settings, extra_env) as (doomed, log_path):
 
         def doomed_is_mid_job() -> bool:
-            if doomed.poll() is not None:
-                raise AssertionError(f"runner exited early:\n{log_path.read_text()[-3000:]}")
+            assert_running(doomed, log_path)
             job = worker_env.job(job_id)
             return (
                 job.lease_owner == "doomed"
@@ -91,12 +76,7 @@ def test_killed_runner_job_finishes_elsewhere_with_same_bytes(
             "the subprocess runner to finish GOP 0 and start GOP 1",
             interval_s=0.2,
         )
-        os.kill(doomed.pid, signal.SIGKILL)
-        doomed.wait(timeout=30)
-    finally:
-        if doomed.poll() is None:
-            doomed.kill()
-            doomed.wait()
+        kill_hard(doomed)
     assert doomed.returncode == -signal.SIGKILL
     killed = worker_env.job(job_id)
     assert killed.status == JobStatus.running and killed.lease_owner == "doomed"
