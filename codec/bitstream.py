@@ -3,12 +3,12 @@
 Layout (all integers little-endian; ``varint`` is canonical unsigned LEB128, at most 5 bytes):
 
     magic   4 bytes  b"SPGP"
-    version u8       GOP_FORMAT_VERSION (3)
+    version u8       GOP_FORMAT_VERSION (4)
     flags   u8       free for the GOP coder (codec/gop.py); carried unchanged
     height  varint   1 .. 65535
     width   varint   1 .. 65535
     n_frames varint  1 .. 10000
-    grid    59 bytes QuantGrid.to_bytes()
+    grid    60 bytes QuantGrid.to_bytes()
     n_frames x frame record:
         kind   u8     0 = I, 1 = P (the first must be I)
         length varint bytes of data, at most what is left of the payload
@@ -26,7 +26,8 @@ from codec.errors import BitstreamError
 from codec.quant import GRID_NBYTES, QuantGrid
 
 GOP_MAGIC = b"SPGP"
-GOP_FORMAT_VERSION = 3  # 2: geometric Cholesky diagonal levels; 3: median-of-3 motion predictor
+GOP_FORMAT_VERSION = 4  # 2: geometric Cholesky diagonal levels; 3: median-of-3 motion predictor;
+# 4: refinement byte in the quantisation grid (finer P-frame levels)
 MAX_SIDE = 65535
 MAX_GOP_FRAMES = 10_000
 

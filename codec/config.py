@@ -136,6 +136,10 @@ class QuantConfig:
     bits_back: bool = False  # bits-back coding of the ordering freedom (option; see entropy.py)
     xy_margin: float = 0.125  # position grid spans this share of the larger side past each edge
     range_quantile: float = 0.001  # chol/rgb ranges: this quantile .. 1 - it (robust)
+    # P-frame updates land on a grid 2**k times finer than the I-frame's (positions; Cholesky and
+    # colour), so a fitted refinement smaller than half an I-frame step is not rounded away
+    pframe_xy_refine: int = 0
+    pframe_attr_refine: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in ("ptq", "qat"):
@@ -146,6 +150,10 @@ class QuantConfig:
         _check_range("rgb_bits", self.rgb_bits, 2, 12)
         _check_range("xy_margin", self.xy_margin, 0.0, 1.0)
         _check_range("range_quantile", self.range_quantile, 0.0, 0.25)
+        # fine grids stay within 16 position bits and 12 attribute bits, at most 16 levels per level
+        _check_range("pframe_xy_refine", self.pframe_xy_refine, 0, min(4, 16 - self.xy_bits))
+        top = min(4, 12 - max(self.chol_bits, self.rgb_bits))
+        _check_range("pframe_attr_refine", self.pframe_attr_refine, 0, top)
         if self.bits_back:
             raise CodecConfigError(
                 "bits_back=True is not supported: the intra coder already sends each frame's Gaussians "

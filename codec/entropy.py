@@ -582,16 +582,26 @@ def _inter_cands(
     return out
 
 
+def _intra_bits(grid: QuantGrid) -> np.ndarray:
+    """int64 [8]: bits per channel of an intra-coded level (the fine grid's less its refinement)."""
+    return _bits_per_column(grid) - grid.intra_shifts()
+
+
 def _put_set(w: _Writer, rows: np.ndarray, grid: QuantGrid, what: str) -> None:
-    """Rows (int64 [N, 8], Morton-sorted) as in an I-frame: Morton gaps, then attributes."""
+    """Rows (int64 [N, 8], Morton-sorted, on I-frame levels) as in an I-frame: Morton gaps of the
+    I-frame-level positions, then attributes, all in I-frame levels."""
+    shifts = grid.intra_shifts()
+    if ((rows & ((1 << shifts) - 1)) != 0).any():
+        raise ValueError(f"{what}: levels must be I-frame levels (quantize without fine=True)")
+    rows = rows >> shifts
     morton = _morton(rows[:, :2])
     gaps = np.diff(morton, prepend=0)
     if (gaps < 0).any():
         raise ValueError(
             f"{what}: rows must be in Morton order (sort with canonical_order and keep that order as state)"
         )
-    _put(w, gaps, 2 * grid.xy_bits, [_Cand("id")])
-    bits = _bits_per_column(grid)
+    bits = _intra_bits(grid)
+    _put(w, gaps, 2 * int(bits[0]), [_Cand("id")])
     src = _near_src(rows[:, :2])
     done: dict[int, np.ndarray] = {}
     for c in _INTRA_ATTRS:
@@ -601,18 +611,18 @@ def _put_set(w: _Writer, rows: np.ndarray, grid: QuantGrid, what: str) -> None:
 
 def _get_set(r: _Reader, n: int, grid: QuantGrid) -> np.ndarray:
     rows = np.zeros((n, 8), dtype=np.int64)
-    morton = np.cumsum(_get(r, n, 2 * grid.xy_bits, [_Cand("id")]))
-    if n and morton[-1] >= (1 << (2 * grid.xy_bits)):
+    bits = _intra_bits(grid)
+    morton = np.cumsum(_get(r, n, 2 * int(bits[0]), [_Cand("id")]))
+    if n and morton[-1] >= (1 << (2 * int(bits[0]))):
         raise BitstreamError(f"{r._what}: Morton codes run past the position grid")
     rows[:, 0] = _compact16(morton).astype(np.int64)
     rows[:, 1] = _compact16(morton >> 1).astype(np.int64)
-    bits = _bits_per_column(grid)
     src = _near_src(rows[:, :2])
     done: dict[int, np.ndarray] = {}
     for c in _INTRA_ATTRS:
         rows[:, c] = _get(r, n, int(bits[c]), _cands("id", src, done, c))
         done[c] = rows[:, c]
-    return rows
+    return rows << grid.intra_shifts()
 
 
 def _padded(body: bytes, n: int) -> bytes:

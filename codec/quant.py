@@ -19,7 +19,12 @@ integer level ``q`` in ``[0, 2**bits - 1]``:
   multiplication (exactly rounded IEEE operations, so bit-identical everywhere; no ``exp``).
 
 The grid is fitted once per GOP on the I-frame and reused (with clamping) by its
-P-frames. Its parameters are float32 so that the encoder's in-memory grid and the one
+P-frames. P-frame updates may use a *finer* grid than I-frames (``xy_refine`` and
+``attr_refine``, GOP format 4): the grid's bit depths and steps are the fine ones, and
+I-frames (and Gaussians a P-frame adds) use only every ``2**refine``-th level, which the
+intra coder sends shifted down (:meth:`QuantGrid.intra_shifts`). A fitted update smaller
+than half an I-frame step is otherwise rounded away; the top of the quality ladder was flat
+because of it (BENCHMARKS.md). Its parameters are float32 so that the encoder's in-memory grid and the one
 the decoder parses from :meth:`QuantGrid.to_bytes` are bit-identical, and
 :func:`dequantize` is computed in float64 then rounded once to float32 so encoder and
 decoder reconstruct exactly the same values on any IEEE platform.
@@ -47,8 +52,10 @@ _VALUE_CLIP = 1e6  # chol/rgb values beyond this magnitude (a diverged fit) do n
 GEOMETRIC_CHOL = (0, 2)  # l11 and l22 use geometric levels
 _MAX_RATIO = 16.0  # largest level ratio of a geometric channel
 _MAX_LOG_DIAG = math.log(1e6)  # geometric levels stay below 1e6 px
-_GRID_FMT = "<3B14f"  # xy_bits chol_bits rgb_bits | xy_lo xy_step chol_lo[3] chol_step[3] rgb_lo[3] rgb_step[3]
-GRID_NBYTES = struct.calcsize(_GRID_FMT)  # 59
+# xy_bits chol_bits rgb_bits refine | xy_lo xy_step chol_lo[3] chol_step[3] rgb_lo[3] rgb_step[3]
+_GRID_FMT = "<4B14f"
+GRID_NBYTES = struct.calcsize(_GRID_FMT)  # 60
+MAX_REFINE = 4  # at most 16 P-frame levels per I-frame level
 
 
 def _f32(x: float) -> float:
@@ -58,7 +65,10 @@ def _f32(x: float) -> float:
 
 @dataclass(frozen=True)
 class QuantGrid:
-    """Per-GOP quantiser parameters: ``value = lo + q * step`` per channel, all float32-exact."""
+    """Per-GOP quantiser parameters: ``value = lo + q * step`` per channel, all float32-exact.
+
+    Bit depths and steps are those of the fine (P-frame) grid; I-frame levels are the multiples
+    of ``2**xy_refine`` (positions) and ``2**attr_refine`` (Cholesky and colour)."""
 
     xy_bits: int
     chol_bits: int
@@ -69,6 +79,8 @@ class QuantGrid:
     chol_step: tuple[float, float, float]
     rgb_lo: tuple[float, float, float]
     rgb_step: tuple[float, float, float]
+    xy_refine: int = 0  # P-frame position levels per I-frame level: 2**xy_refine
+    attr_refine: int = 0  # the same for the Cholesky and colour channels
 
     def __post_init__(self) -> None:
         problem = self.problem()
@@ -82,6 +94,14 @@ class QuantGrid:
         for name, bits in (("chol_bits", self.chol_bits), ("rgb_bits", self.rgb_bits)):
             if not ATTR_BITS_RANGE[0] <= bits <= ATTR_BITS_RANGE[1]:
                 return f"{name}={bits} outside {ATTR_BITS_RANGE}"
+        if not 0 <= self.xy_refine <= MAX_REFINE or not 0 <= self.attr_refine <= MAX_REFINE:
+            return f"xy_refine={self.xy_refine} and attr_refine={self.attr_refine} must be in [0, {MAX_REFINE}]"
+        if self.xy_bits - self.xy_refine < XY_BITS_RANGE[0]:
+            return (
+                f"xy_bits - xy_refine = {self.xy_bits - self.xy_refine} is below {XY_BITS_RANGE[0]}"
+            )
+        if min(self.chol_bits, self.rgb_bits) - self.attr_refine < ATTR_BITS_RANGE[0]:
+            return f"attr_refine={self.attr_refine} leaves I-frames fewer than {ATTR_BITS_RANGE[0]} bits"
         if len(self.chol_lo) != 3 or len(self.chol_step) != 3:
             return "chol_lo and chol_step need 3 entries"
         if len(self.rgb_lo) != 3 or len(self.rgb_step) != 3:
@@ -113,12 +133,14 @@ class QuantGrid:
         return None
 
     def to_bytes(self) -> bytes:
-        """59 bytes: three u8 bit depths, then 14 little-endian float32 (see docs/FORMAT.md)."""
+        """60 bytes: three u8 bit depths, u8 refinement (``xy_refine | attr_refine << 4``), then 14
+        little-endian float32 (see docs/FORMAT.md)."""
         return struct.pack(
             _GRID_FMT,
             self.xy_bits,
             self.chol_bits,
             self.rgb_bits,
+            self.xy_refine | (self.attr_refine << 4),
             self.xy_lo,
             self.xy_step,
             *self.chol_lo,
@@ -129,15 +151,16 @@ class QuantGrid:
 
     @staticmethod
     def from_bytes(data: bytes) -> QuantGrid:
-        """Inverse of :meth:`to_bytes`; anything but a valid 59-byte grid raises BitstreamError."""
+        """Inverse of :meth:`to_bytes`; anything but a valid 60-byte grid raises BitstreamError."""
         if len(data) != GRID_NBYTES:
             raise BitstreamError(f"quant grid: expected {GRID_NBYTES} bytes, got {len(data)}")
         v = struct.unpack(_GRID_FMT, bytes(data))
-        f = [float(x) for x in v[3:]]
+        f = [float(x) for x in v[4:]]
         try:
             return QuantGrid(
                 int(v[0]), int(v[1]), int(v[2]), f[0], f[1],
                 (f[2], f[3], f[4]), (f[5], f[6], f[7]), (f[8], f[9], f[10]), (f[11], f[12], f[13]),
+                xy_refine=int(v[3]) & 15, attr_refine=int(v[3]) >> 4,
             )  # fmt: skip
         except ValueError as exc:
             raise BitstreamError(f"quant grid: {exc}") from exc
@@ -153,13 +176,20 @@ class QuantGrid:
             v = v * r
         return torch.from_numpy(out)
 
-    def level_steps(self) -> Tensor:
-        """float32 [8]: the size of one level per channel, in the channel's unit; for the geometric
-        diagonals in units of log(value) (``log(ratio)``)."""
+    def intra_shifts(self) -> np.ndarray:
+        """int64 [8]: per channel (x y l11 l21 l22 r g b), the log2 of the fine levels per I-frame level."""
+        return np.array([self.xy_refine] * 2 + [self.attr_refine] * 6, dtype=np.int64)
+
+    def level_steps(self, intra: bool = False) -> Tensor:
+        """float32 [8]: the size of one fine level (one I-frame level with ``intra``) per channel,
+        in the channel's unit; for the geometric diagonals in units of log(value) (``log(ratio)``)."""
         steps = [self.xy_step, self.xy_step, *self.chol_step, *self.rgb_step]
         for i in GEOMETRIC_CHOL:
             steps[2 + i] = math.log(self.chol_step[i])
-        return torch.tensor(steps, dtype=torch.float32)
+        out = torch.tensor(steps, dtype=torch.float32)
+        if intra:
+            out = out * torch.from_numpy(np.left_shift(1, self.intra_shifts())).to(torch.float32)
+        return out
 
     def _channels(self) -> tuple[Tensor, Tensor, Tensor]:
         """(lo [8], step [8], levels [8]) float64 for the channel order x y l11 l21 l22 r g b."""
@@ -181,21 +211,25 @@ def _robust_range(v: np.ndarray, quantile: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _geometric(lo: float, hi: float, bits: int) -> tuple[float, float]:
-    """float32 (lo, ratio) of ``2**bits`` geometric levels from ``max(lo, MIN_CHOL_DIAG)`` to ``hi``."""
+def _geometric(lo: float, hi: float, bits: int, refine: int = 0) -> tuple[float, float]:
+    """float32 (lo, ratio) of ``2**bits`` geometric levels from ``max(lo, MIN_CHOL_DIAG)`` to ``hi``,
+    each split into ``2**refine`` finer levels (the ratio returned is the fine one)."""
     lo = min(max(lo, MIN_CHOL_DIAG), math.exp(_MAX_LOG_DIAG) / 2)
     hi = min(max(hi, lo * (1.0 + _MIN_SPAN)), math.exp(_MAX_LOG_DIAG) / 2)
     lo32 = _f32(lo)
     if lo32 < MIN_CHOL_DIAG:  # float32 rounding must not cross the floor
         lo32 = float(np.nextafter(np.float32(lo32), np.float32(np.inf)))
-    ratio = _f32(math.exp(math.log(hi / lo32) / (2**bits - 1)))
+    ratio = _f32(math.exp(math.log(hi / lo32) / ((2**bits - 1) * 2**refine)))
     if ratio <= 1.0:
         ratio = float(np.nextafter(np.float32(1.0), np.float32(2.0)))
     return lo32, ratio
 
 
-def _uniform(lo: float, hi: float, bits: int, floor: float | None = None) -> tuple[float, float]:
-    """float32 (lo, step) of a ``2**bits``-level quantiser covering [lo, hi]."""
+def _uniform(
+    lo: float, hi: float, bits: int, floor: float | None = None, refine: int = 0
+) -> tuple[float, float]:
+    """float32 (lo, step) of a ``2**bits``-level quantiser covering [lo, hi]; the step returned is
+    ``1 / 2**refine`` of it (exact in float32)."""
     if floor is not None:
         lo = max(lo, floor)
     hi = max(hi, lo + _MIN_SPAN)
@@ -203,7 +237,7 @@ def _uniform(lo: float, hi: float, bits: int, floor: float | None = None) -> tup
     if floor is not None and lo32 < floor:  # float32 rounding must not cross the floor
         lo32 = float(np.nextafter(np.float32(lo32), np.float32(np.inf)))
     step = _f32((hi - lo32) / (2**bits - 1))
-    return lo32, step
+    return lo32, step / 2**refine
 
 
 def position_bits(span_px: float, cfg: QuantConfig) -> int:
@@ -216,13 +250,15 @@ def position_bits(span_px: float, cfg: QuantConfig) -> int:
 
 
 def make_grid(g: Gaussians, height: int, width: int, cfg: QuantConfig) -> QuantGrid:
-    """The grid for one GOP from its I-frame ``g`` (any device) in a ``height`` x ``width`` frame."""
+    """The grid for one GOP from its I-frame ``g`` (any device) in a ``height`` x ``width`` frame,
+    refined for P-frames by ``cfg.pframe_xy_refine`` and ``cfg.pframe_attr_refine``."""
     if height < 1 or width < 1:
         raise ValueError(f"frame size must be positive, got {height}x{width}")
     side = float(max(height, width))
     margin = cfg.xy_margin * side
     xy_bits = position_bits(side + 2 * margin, cfg)
-    xy_lo, xy_step = _uniform(-margin, side + margin, xy_bits)
+    kx, ka = cfg.pframe_xy_refine, cfg.pframe_attr_refine
+    xy_lo, xy_step = _uniform(-margin, side + margin, xy_bits, refine=kx)
     chol = g.chol.detach().double().cpu().numpy().clip(-_VALUE_CLIP, _VALUE_CLIP)  # [N, 3]
     rgb = g.rgb.detach().double().cpu().numpy().clip(-_VALUE_CLIP, _VALUE_CLIP)  # [N, 3]
     chol_lo: list[float] = []
@@ -238,7 +274,11 @@ def make_grid(g: Gaussians, height: int, width: int, cfg: QuantConfig) -> QuantG
             lo, hi = (
                 (MIN_CHOL_DIAG, _DEFAULT_CHOL_HI) if diag else (-_DEFAULT_CHOL_HI, _DEFAULT_CHOL_HI)
             )
-        a, b = _geometric(lo, hi, cfg.chol_bits) if diag else _uniform(lo, hi, cfg.chol_bits)
+        a, b = (
+            _geometric(lo, hi, cfg.chol_bits, ka)
+            if diag
+            else _uniform(lo, hi, cfg.chol_bits, refine=ka)
+        )
         chol_lo.append(a)
         chol_step.append(b)
         col = rgb[:, c][np.isfinite(rgb[:, c])]
@@ -246,19 +286,21 @@ def make_grid(g: Gaussians, height: int, width: int, cfg: QuantConfig) -> QuantG
         # the grid serves the whole GOP: colours always cover [0, 1] so that a GOP that
         # starts on a black or flat frame can still show the scene that follows
         lo, hi = min(lo, 0.0), max(hi, 1.0)
-        a, b = _uniform(lo, hi, cfg.rgb_bits)
+        a, b = _uniform(lo, hi, cfg.rgb_bits, refine=ka)
         rgb_lo.append(a)
         rgb_step.append(b)
     return QuantGrid(
-        xy_bits=xy_bits,
-        chol_bits=cfg.chol_bits,
-        rgb_bits=cfg.rgb_bits,
+        xy_bits=xy_bits + kx,
+        chol_bits=cfg.chol_bits + ka,
+        rgb_bits=cfg.rgb_bits + ka,
         xy_lo=xy_lo,
         xy_step=xy_step,
         chol_lo=(chol_lo[0], chol_lo[1], chol_lo[2]),
         chol_step=(chol_step[0], chol_step[1], chol_step[2]),
         rgb_lo=(rgb_lo[0], rgb_lo[1], rgb_lo[2]),
         rgb_step=(rgb_step[0], rgb_step[1], rgb_step[2]),
+        xy_refine=kx,
+        attr_refine=ka,
     )
 
 
@@ -325,17 +367,22 @@ class QGaussians:
         return QGaussians(r[:, 0:2].contiguous(), r[:, 2:5].contiguous(), r[:, 5:8].contiguous())
 
 
-def quantize(g: Gaussians, grid: QuantGrid) -> QGaussians:
-    """Nearest levels of ``g`` on ``grid``, clamped to its range (NaN maps to level 0)."""
+def quantize(g: Gaussians, grid: QuantGrid, *, fine: bool = False) -> QGaussians:
+    """Nearest I-frame levels of ``g`` on ``grid`` (with ``fine``: nearest P-frame levels),
+    clamped to the range (NaN maps to level 0). Levels are always in fine units."""
     x = torch.cat([g.xy_px, g.chol, g.rgb], dim=1).detach().double()  # [N, 8]
     lo, step, levels = (t.to(x.device) for t in grid._channels())
-    q = torch.round((x - lo) / step)
+    unit = torch.ones_like(levels)
+    if not fine:
+        unit = torch.from_numpy(np.left_shift(1, grid.intra_shifts())).to(x)
+    u = (x - lo) / step  # position on the fine grid
     for i in GEOMETRIC_CHOL:  # nearest level in log(value)
         c = 2 + i
         v = x[:, c].clamp(min=MIN_CHOL_DIAG)
-        q[:, c] = torch.round(torch.log(v / lo[c]) / math.log(float(step[c])))
-    q = torch.nan_to_num(q, nan=0.0).clamp(min=torch.zeros_like(levels), max=levels - 1)
-    return QGaussians.from_rows(q.to(torch.int32))
+        u[:, c] = torch.log(v / lo[c]) / math.log(float(step[c]))
+    q = torch.round(u / unit)
+    q = torch.nan_to_num(q, nan=0.0).clamp(min=torch.zeros_like(levels), max=levels / unit - 1)
+    return QGaussians.from_rows((q * unit).to(torch.int32))
 
 
 def dequantize(q: QGaussians, grid: QuantGrid) -> Gaussians:
@@ -350,10 +397,10 @@ def dequantize(q: QGaussians, grid: QuantGrid) -> Gaussians:
     return Gaussians(x[:, 0:2].contiguous(), x[:, 2:5].contiguous(), x[:, 5:8].contiguous())
 
 
-def fake_quantize(g: Gaussians, grid: QuantGrid) -> Gaussians:
-    """Straight-through quantisation for QAT: forward equals ``dequantize(quantize(g))``
+def fake_quantize(g: Gaussians, grid: QuantGrid, *, fine: bool = False) -> Gaussians:
+    """Straight-through quantisation for QAT: forward equals ``dequantize(quantize(g, fine=fine))``
     exactly, gradient is the identity (also where values are clamped)."""
-    d = dequantize(quantize(g, grid), grid)
+    d = dequantize(quantize(g, grid, fine=fine), grid)
 
     def ste(x: Tensor, xq: Tensor) -> Tensor:
         return xq + (x - x.detach())  # x - x.detach() is exactly 0 forward

@@ -407,3 +407,51 @@ def test_coherent_motion_is_cheaper_with_the_median_predictor() -> None:
         v, size_bits, [_Cand("zz"), _Cand("nb", src=src), _Cand("med", src3=_near3_src(xy))]
     )
     assert with_med.cand == 2 and with_med.cost < 0.8 * without.cost
+
+
+REFINED = make_grid(
+    Gaussians(
+        torch.tensor([[0.0, 0.0], [W, H]]),
+        torch.tensor([[0.3, -2.0, 0.3], [4.0, 2.0, 4.0]]),
+        torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]),
+    ),
+    H,
+    W,
+    QuantConfig(
+        xy_bits=12,
+        chol_bits=7,
+        rgb_bits=7,
+        range_quantile=0.0,
+        pframe_xy_refine=1,
+        pframe_attr_refine=2,
+    ),  # fmt: skip
+)
+
+
+def intra_levels(q: QGaussians, grid: QuantGrid) -> QGaussians:
+    """``q``'s levels rounded down to the grid's I-frame levels (multiples of 2**refine)."""
+    shifts = torch.from_numpy(grid.intra_shifts()).to(torch.int32)
+    return QGaussians.from_rows((q.rows() >> shifts) << shifts)
+
+
+def test_refined_grid_intra_codes_i_frame_levels_and_inter_codes_fine_deltas() -> None:
+    assert REFINED.xy_bits == GRID.xy_bits + 1 and REFINED.chol_bits == GRID.chol_bits + 2
+    prev = intra_levels(random_q(200, seed=4, grid=REFINED), REFINED)
+    prev = prev.index(canonical_order(prev))
+    data = encode_intra(prev, REFINED)
+    assert_same(decode_intra(data, REFINED), prev)
+    # the same Gaussians on the unrefined grid's levels cost the same bits (within the models'
+    # side information): the intra coder sends level >> refine
+    coarse = QGaussians.from_rows(prev.rows() >> torch.from_numpy(REFINED.intra_shifts()).int())
+    assert abs(len(data) - len(encode_intra(coarse, GRID))) <= 8
+    # a P-frame may move rows by a single fine level; added rows are intra coded
+    idx = torch.arange(0, 200, 7)
+    changed = QGaussians.from_rows(prev.index(idx).rows() + 1)
+    added = intra_levels(random_q(5, seed=5, grid=REFINED), REFINED)
+    added = added.index(canonical_order(added))
+    inter = encode_inter(prev, idx, changed, added, REFINED)
+    assert_same(decode_inter(inter, prev, REFINED), expected_after(prev, idx, changed, added))
+    with pytest.raises(ValueError, match="I-frame levels"):
+        encode_intra(changed.index(canonical_order(changed)), REFINED)
+    with pytest.raises(ValueError, match="I-frame levels"):
+        encode_inter(prev, EMPTY_IDX, QGaussians.empty(), changed.index(torch.arange(1)), REFINED)

@@ -40,6 +40,14 @@ def test_round_trip_decoder_equals_encoder_reconstruction() -> None:
     assert min(f.psnr_db for f in result.frames) > 18.0
 
 
+def test_refined_p_frame_grid_round_trips() -> None:
+    frames = moving_blob_frames()
+    cfg = tiny_config(quant__pframe_xy_refine=2, quant__pframe_attr_refine=1)
+    result = encode_gop_report(frames, cfg)
+    np.testing.assert_array_equal(decode_gop(result.payload), result.recon)
+    assert sum(f.n_updated for f in result.frames[1:]) > 0  # the P-frames did send fine updates
+
+
 def test_deterministic_same_bytes_twice() -> None:
     frames = moving_blob_frames(t=3)
     cfg = tiny_config(seed=7)

@@ -194,12 +194,21 @@ def test_grid_bytes_round_trip_and_strictness() -> None:
         with pytest.raises(BitstreamError, match=field):
             QuantGrid.from_bytes(bytes(raw))
     nan_step = bytearray(data)
-    nan_step[7:11] = b"\x00\x00\xc0\x7f"  # xy_step = NaN
+    nan_step[8:12] = b"\x00\x00\xc0\x7f"  # xy_step = NaN
     with pytest.raises(BitstreamError):
         QuantGrid.from_bytes(bytes(nan_step))
     raw = bytearray(data)
-    raw[11:15] = b"\x00\x00\x00\x00"  # chol_lo[0] = 0 < MIN_CHOL_DIAG
+    raw[12:16] = b"\x00\x00\x00\x00"  # chol_lo[0] = 0 < MIN_CHOL_DIAG
     with pytest.raises(BitstreamError, match="MIN_CHOL_DIAG"):
+        QuantGrid.from_bytes(bytes(raw))
+    for refine in (5, 5 << 4, 0xFF):  # beyond MAX_REFINE
+        raw = bytearray(data)
+        raw[3] = refine
+        with pytest.raises(BitstreamError, match="refine"):
+            QuantGrid.from_bytes(bytes(raw))
+    raw = bytearray(data)
+    raw[3] = 4 << 4  # chol_bits=5 less 4 leaves I-frames 1 bit
+    with pytest.raises(BitstreamError, match="attr_refine"):
         QuantGrid.from_bytes(bytes(raw))
 
 
@@ -223,3 +232,31 @@ def test_quant_config_validates_new_fields() -> None:
         QuantConfig(xy_margin=-0.1)
     with pytest.raises(CodecConfigError, match="bits_back"):
         QuantConfig(bits_back=True)
+
+
+def test_refined_grid_i_frame_levels_are_the_unrefined_grid() -> None:
+    g = random_gaussians(300, seed=3)
+    plain = make_grid(g, H, W, QuantConfig(chol_bits=6, rgb_bits=6))
+    fine = make_grid(g, H, W, QuantConfig(chol_bits=6, rgb_bits=6, pframe_attr_refine=2))
+    assert (fine.chol_bits, fine.rgb_bits, fine.attr_refine, fine.xy_refine) == (8, 8, 2, 0)
+    assert fine.rgb_step == tuple(s / 4 for s in plain.rgb_step)  # exact: a power of two
+    q_i = quantize(g, fine)
+    assert (q_i.chol % 4 == 0).all() and (q_i.rgb % 4 == 0).all()
+    assert torch.equal(q_i.xy, quantize(g, plain).xy)
+    # I-frame levels dequantise to the unrefined grid's values (the geometric diagonals' fine
+    # ratio is rounded to float32, and 2**8 products of it drift by about 1e-5)
+    a, b = dequantize(q_i, fine), dequantize(quantize(g, plain), plain)
+    assert torch.equal(a.rgb, b.rgb) and torch.equal(a.chol[:, 1], b.chol[:, 1])
+    torch.testing.assert_close(a.chol, b.chol, rtol=1e-4, atol=0)
+    # P-frame levels are never further from the value than I-frame levels
+    err_i = (as_rows(dequantize(q_i, fine)) - as_rows(g)).abs()
+    err_p = (as_rows(dequantize(quantize(g, fine, fine=True), fine)) - as_rows(g)).abs()
+    assert (err_p[:, 5:] <= err_i[:, 5:] + 1e-6).all()
+    assert err_p[:, 5:].mean() < 0.5 * err_i[:, 5:].mean()
+
+
+def test_refinement_bounds_are_checked() -> None:
+    with pytest.raises(CodecConfigError, match="pframe_attr_refine"):
+        QuantConfig(chol_bits=10, rgb_bits=7, pframe_attr_refine=3)
+    with pytest.raises(CodecConfigError, match="pframe_xy_refine"):
+        QuantConfig(xy_bits=14, pframe_xy_refine=3)
