@@ -189,20 +189,26 @@ class CodecConfig:
             )
         density = 10.0 * (1.3 ** (quality - 1))  # 10 .. ~106 Gaussians per kpx
         bits = 5 + (quality + 1) // 3  # 5 .. 8 bits for chol and colour
-        # P-frame rate control: lambda (levels^2 per bit) falls 1.5x per quality level. 500 at q4
-        # was measured best on carphone; a slower fall (1.3x, the MSE ratio between levels)
-        # starved the high levels' P-frames (q8: 32.1 dB after a 35.6 dB I-frame). See
-        # BENCHMARKS.md "P-frame rate-distortion optimisation" (bench/gop_sweep.py).
-        rd_lambda = 500.0 * 1.5 ** (4 - quality)
+        # P-frame rate control: lambda (levels^2 per bit) is 500 at q4 (measured best on carphone
+        # for the 0.10 bpp target), falls 1.5x per level below it and 2x per level above it. With
+        # 1.5x above q4 the top of the ladder was flat (q6 -> q8: +0.74 dB for +67% rate): denser
+        # I-frames bought little while lambda held the P-frames back. Halving lambda at q5, q6 or
+        # q8 bought 3.5-5 dB per e-fold of rate there, more than the next quality level did
+        # (BENCHMARKS.md "The top of the ladder", bench/gop_sweep.py).
+        rd_lambda = 500.0 * (1.5 ** (4 - quality) if quality <= 4 else 2.0 ** (4 - quality))
+        # sub-level P-frame positions (GOP format 4) pay from q6 up: +0.84 dB for +11% rate at q8
+        xy_refine = 1 if quality >= 6 else 0
         if name == "fast":
             fit = FitConfig(
                 gaussians_per_kpx=density,
                 iframe_iters=400,
-                pframe_iters=60,
+                pframe_iters=120,  # 60 cost 0.25 dB at q4 for 2.7% less rate
                 pframe_rd_lambda=rd_lambda,
                 pframe_rate_weight=1.0,
             )
-            quant = QuantConfig(mode="ptq", chol_bits=bits, rgb_bits=bits)
+            quant = QuantConfig(
+                mode="ptq", chol_bits=bits, rgb_bits=bits, pframe_xy_refine=xy_refine
+            )
         else:
             fit = FitConfig(
                 gaussians_per_kpx=density,
@@ -215,7 +221,13 @@ class CodecConfig:
             # QAT lets the fit live with a clipped range (1% tails): +0.33 dB on the I-frame and
             # +0.27 dB over fast at equal rate on carphone q4 (20 frames); with the full range
             # slow was no better than fast (BENCHMARKS.md, "slow preset")
-            quant = QuantConfig(mode="qat", chol_bits=bits, rgb_bits=bits, range_quantile=0.01)
+            quant = QuantConfig(
+                mode="qat",
+                chol_bits=bits,
+                rgb_bits=bits,
+                range_quantile=0.01,
+                pframe_xy_refine=xy_refine,
+            )
         cfg = CodecConfig(fit=fit, quant=quant)
         return cfg.with_overrides(**overrides) if overrides else cfg
 
