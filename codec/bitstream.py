@@ -3,7 +3,7 @@
 Layout (all integers little-endian; ``varint`` is canonical unsigned LEB128, at most 5 bytes):
 
     magic   4 bytes  b"SPGP"
-    version u8       GOP_FORMAT_VERSION (4)
+    version u8       GOP_FORMAT_VERSION (5)
     flags   u8       free for the GOP coder (codec/gop.py); carried unchanged
     height  varint   1 .. 65535
     width   varint   1 .. 65535
@@ -26,8 +26,8 @@ from codec.errors import BitstreamError
 from codec.quant import GRID_NBYTES, QuantGrid
 
 GOP_MAGIC = b"SPGP"
-GOP_FORMAT_VERSION = 4  # 2: geometric Cholesky diagonal levels; 3: median-of-3 motion predictor;
-# 4: refinement byte in the quantisation grid (finer P-frame levels)
+GOP_FORMAT_VERSION = 5  # 2: geometric Cholesky diagonal levels; 3: median-of-3 motion predictor;
+# 4: refinement byte in the quantisation grid (finer P-frame levels); 5: P-frame model reuse
 MAX_SIDE = 65535
 MAX_GOP_FRAMES = 10_000
 
@@ -38,7 +38,7 @@ class FrameKind(IntEnum):
     I = 0  # noqa: E741
     P = 1
     I_NEW_GRID = (
-        2  # scene-cut I-frame inside a GOP: the record starts with its own QuantGrid (59 bytes)
+        2  # scene-cut I-frame inside a GOP: the record starts with its own QuantGrid (60 bytes)
     )
 
 

@@ -22,7 +22,14 @@ from torch import Tensor
 
 from codec.bitstream import FrameKind, GopHeader, pack_gop, unpack_gop
 from codec.config import CodecConfig
-from codec.entropy import canonical_order, decode_inter, decode_intra, encode_inter, encode_intra
+from codec.entropy import (
+    ModelMemory,
+    canonical_order,
+    decode_inter,
+    decode_intra,
+    encode_inter,
+    encode_intra,
+)
 from codec.errors import BitstreamError, CodecConfigError
 from codec.fit import fit_iframe, fit_pframe
 from codec.gaussians import Gaussians, change_energy
@@ -271,6 +278,7 @@ def encode_gop_report(
     frame = to_float(frames[0])
     q_state, grid, data, iters = _code_iframe(frame, config, backend, roi, gen, dev)
     ctx: np.ndarray | None = None  # rows the previous P-frame changed or added (entropy context)
+    models = ModelMemory()  # histograms the P-frames since the last I-frame sent
     if config.quant.mode == "qat":
         fake_quant = _fake_quant_on(grid)
     ref = dequantize(q_state, grid)
@@ -300,7 +308,7 @@ def encode_gop_report(
         if cut > 0 and _is_scene_cut(psnr_db(frames[t], recon[t - 1]), stats[-1].psnr_db, cut):
             # scene cut: the reference has little to offer, start this frame afresh
             q_state, grid, data, iters = _code_iframe(frame, config, backend, roi, gen, dev)
-            ctx = None
+            ctx, models = None, ModelMemory()
             if config.quant.mode == "qat":
                 fake_quant = _fake_quant_on(grid)
             data = (
@@ -358,7 +366,9 @@ def encode_gop_report(
                 q_state, old_rows, changed_idx, grid, config.fit.pframe_min_update_energy
             )
             old_rows = _apply_updates(q_state, old_rows, changed_idx)
-        data = encode_inter(q_state, changed_idx, old_rows.index(changed_idx), added, grid, ctx)
+        data = encode_inter(
+            q_state, changed_idx, old_rows.index(changed_idx), added, grid, ctx, models
+        )
         new_state = QGaussians.cat([old_rows, added])  # exactly what the decoder rebuilds
         ctx = _touched(q_state, new_state)
         q_state = new_state
@@ -417,17 +427,18 @@ def decode_gop(payload: bytes) -> np.ndarray:
     out = np.empty((t_count, h, w, 3), dtype=np.uint8)
     state: QGaussians | None = None
     ctx: np.ndarray | None = None
+    models = ModelMemory()
     grid = header.grid
     for t, (kind, data) in enumerate(coded):
         if kind == FrameKind.I:
-            state, ctx = decode_intra(data, grid), None
+            state, ctx, models = decode_intra(data, grid), None, ModelMemory()
         elif kind == FrameKind.I_NEW_GRID:
             grid = QuantGrid.from_bytes(data[:GRID_NBYTES])
-            state, ctx = decode_intra(data[GRID_NBYTES:], grid), None
+            state, ctx, models = decode_intra(data[GRID_NBYTES:], grid), None, ModelMemory()
         elif state is None:
             raise BitstreamError("GOP starts with a P-frame; the first frame must be an I-frame")
         else:
-            new_state = decode_inter(data, state, grid, ctx)
+            new_state = decode_inter(data, state, grid, ctx, models)
             ctx = _touched(state, new_state)
             state = new_state
         out[t] = to_u8(backend.render_nograd(dequantize(state, grid), h, w))

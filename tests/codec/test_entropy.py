@@ -16,6 +16,7 @@ from codec.config import QuantConfig
 from codec.entropy import (
     DENSITY_FREE,
     DENSITY_PER_BYTE,
+    ModelMemory,
     canonical_order,
     decode_inter,
     decode_intra,
@@ -237,6 +238,33 @@ def test_inter_unchanged_values_cost_little() -> None:
     data = encode_inter(prev, idx, prev.index(idx), QGaussians.empty(), GRID)
     assert_same(decode_inter(data, prev, GRID), prev)
     assert len(data) < 40
+
+
+def test_p_frames_reuse_models_the_gop_already_sent() -> None:
+    """A run of P-frames with alike deltas: with a model memory later frames send no level
+    tables, every frame still decodes exactly, and a decoder without the memory refuses them."""
+    prev = smooth_q()
+    rng = np.random.default_rng(5)
+    enc_mem, dec_mem = ModelMemory(), ModelMemory()
+    state_enc = state_dec = prev
+    with_memory, without = [], []
+    for t in range(4):
+        idx = torch.from_numpy(np.sort(rng.choice(len(prev), 300, replace=False)))
+        step = torch.from_numpy(rng.integers(-3, 4, (300, 8))).to(torch.int32)
+        before = state_enc
+        moved = QGaussians.from_rows((before.index(idx).rows() + step).clamp(0, 127))
+        data = encode_inter(before, idx, moved, QGaussians.empty(), GRID, None, enc_mem)
+        without.append(len(encode_inter(before, idx, moved, QGaussians.empty(), GRID)))
+        with_memory.append(len(data))
+        state_dec = decode_inter(data, state_dec, GRID, None, dec_mem)
+        state_enc = expected_after(before, idx, moved, QGaussians.empty())
+        assert_same(state_dec, state_enc)
+        if t == 0:
+            assert with_memory[0] == without[0]  # nothing to reuse yet
+        else:
+            assert with_memory[t] < without[t]
+            with pytest.raises(BitstreamError, match="reuses a model"):
+                decode_inter(data, before, GRID)
 
 
 def test_inter_rejects_bad_arguments() -> None:
