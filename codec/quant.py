@@ -22,9 +22,11 @@ The grid is fitted once per GOP on the I-frame and reused (with clamping) by its
 P-frames. P-frame updates may use a *finer* grid than I-frames (``xy_refine`` and
 ``attr_refine``, GOP format 4): the grid's bit depths and steps are the fine ones, and
 I-frames (and Gaussians a P-frame adds) use only every ``2**refine``-th level, which the
-intra coder sends shifted down (:meth:`QuantGrid.intra_shifts`). A fitted update smaller
-than half an I-frame step is otherwise rounded away; the top of the quality ladder was flat
-because of it (BENCHMARKS.md). Its parameters are float32 so that the encoder's in-memory grid and the one
+intra coder sends shifted down (:meth:`QuantGrid.intra_shifts`). Otherwise a fitted update
+smaller than half an I-frame step is rounded away; half-level positions pay from quality 6
+up (BENCHMARKS.md, "The top of the ladder").
+
+The grid's parameters are float32 so that the encoder's in-memory grid and the one
 the decoder parses from :meth:`QuantGrid.to_bytes` are bit-identical, and
 :func:`dequantize` is computed in float64 then rounded once to float32 so encoder and
 decoder reconstruct exactly the same values on any IEEE platform.
@@ -180,6 +182,10 @@ class QuantGrid:
         """int64 [8]: per channel (x y l11 l21 l22 r g b), the log2 of the fine levels per I-frame level."""
         return np.array([self.xy_refine] * 2 + [self.attr_refine] * 6, dtype=np.int64)
 
+    def intra_units(self) -> Tensor:
+        """float64 [8]: fine levels per I-frame level per channel, ``2**intra_shifts()``."""
+        return torch.from_numpy(np.left_shift(1, self.intra_shifts())).to(torch.float64)
+
     def level_steps(self, intra: bool = False) -> Tensor:
         """float32 [8]: the size of one fine level (one I-frame level with ``intra``) per channel,
         in the channel's unit; for the geometric diagonals in units of log(value) (``log(ratio)``)."""
@@ -188,7 +194,7 @@ class QuantGrid:
             steps[2 + i] = math.log(self.chol_step[i])
         out = torch.tensor(steps, dtype=torch.float32)
         if intra:
-            out = out * torch.from_numpy(np.left_shift(1, self.intra_shifts())).to(torch.float32)
+            out = out * self.intra_units().to(torch.float32)
         return out
 
     def _channels(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -372,9 +378,7 @@ def quantize(g: Gaussians, grid: QuantGrid, *, fine: bool = False) -> QGaussians
     clamped to the range (NaN maps to level 0). Levels are always in fine units."""
     x = torch.cat([g.xy_px, g.chol, g.rgb], dim=1).detach().double()  # [N, 8]
     lo, step, levels = (t.to(x.device) for t in grid._channels())
-    unit = torch.ones_like(levels)
-    if not fine:
-        unit = torch.from_numpy(np.left_shift(1, grid.intra_shifts())).to(x)
+    unit = torch.ones_like(levels) if fine else grid.intra_units().to(x)
     u = (x - lo) / step  # position on the fine grid
     for i in GEOMETRIC_CHOL:  # nearest level in log(value)
         c = 2 + i
