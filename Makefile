@@ -20,18 +20,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m workers.demo
+	$(BIN)/python -m frontdoor.demo
 
 test: $(STAMP)
-	$(BIN)/ruff check codec service workers infra tests bench
+	$(BIN)/ruff check codec service workers infra frontdoor tests bench
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check codec service workers infra tests bench
-	$(BIN)/ruff format --check codec service workers infra tests bench
+	$(BIN)/ruff check codec service workers infra frontdoor tests bench
+	$(BIN)/ruff format --check codec service workers infra frontdoor tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

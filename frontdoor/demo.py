@@ -67,7 +67,7 @@ def _free_port() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m frontdoor.demo", description=__doc__)
     parser.add_argument("--clip", type=Path, default=None, help="video to transcode")
     parser.add_argument("--frames", type=int, default=20, help="encode the first N frames")
     parser.add_argument("--gop", type=int, default=10)
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"starting splatpack serve (data in {data_dir}) ...", flush=True)
     serve = subprocess.Popen(
-        [sys.executable, "-m", "workers", "serve"],
+        [sys.executable, "-m", "frontdoor", "serve"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if serve.poll() is not None or time.monotonic() > deadline:
                 print("error: splatpack serve did not come up (see its output above)")
                 return 1
-        from workers.cli import main as splatpack
+        from frontdoor.cli import main as splatpack
 
         out_dir = data_dir / "outputs"
         code = splatpack(

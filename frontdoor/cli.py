@@ -226,7 +226,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 # clients ----------------------------------------------------------------------
 def _client(args: argparse.Namespace) -> Any:
-    from workers.client import SplatpackClient
+    from frontdoor.client import SplatpackClient
 
     return SplatpackClient(args.api, args.key)
 
@@ -398,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     import httpx
 
-    from workers.client import ApiError
+    from frontdoor.client import ApiError
 
     try:
         return int(args.func(args))
