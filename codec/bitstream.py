@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from codec.errors import BitstreamError
-from codec.quant import GRID_NBYTES, QuantGrid
+from codec.quant import QuantGrid, grid_nbytes
 
 GOP_MAGIC = b"SPGP"
 GOP_FORMAT_VERSION = 5  # 2: geometric Cholesky diagonal levels; 3: median-of-3 motion predictor;
 # 4: refinement byte in the quantisation grid (finer P-frame levels); 5: P-frame model reuse
+OLDEST_GOP_FORMAT = 1  # every format since the first still decodes (tests/fixtures/gsv/)
 MAX_SIDE = 65535
 MAX_GOP_FRAMES = 10_000
 
@@ -64,8 +65,11 @@ class GopHeader:
                 return f"{name}={value!r} outside [1, {hi}]"
         if not isinstance(self.flags, int) or not 0 <= self.flags <= 255:
             return f"flags={self.flags!r} outside [0, 255]"
-        if self.version != GOP_FORMAT_VERSION:
-            return f"unsupported GOP format version {self.version} (this decoder reads {GOP_FORMAT_VERSION})"
+        if not OLDEST_GOP_FORMAT <= self.version <= GOP_FORMAT_VERSION:
+            return (
+                f"unsupported GOP format version {self.version} (this decoder reads "
+                f"{OLDEST_GOP_FORMAT} .. {GOP_FORMAT_VERSION})"
+            )
         return None
 
 
@@ -101,6 +105,8 @@ def pack_gop(header: GopHeader, frames: list[tuple[FrameKind, bytes]]) -> bytes:
     problem = header.problem()
     if problem:
         raise ValueError(f"pack_gop: {problem}")
+    if header.version != GOP_FORMAT_VERSION:
+        raise ValueError(f"pack_gop: only GOP format {GOP_FORMAT_VERSION} is written")
     if len(frames) != header.n_frames:
         raise ValueError(f"pack_gop: header says {header.n_frames} frames, got {len(frames)}")
     if FrameKind(frames[0][0]) != FrameKind.I:
@@ -125,16 +131,20 @@ def unpack_gop(payload: bytes) -> tuple[GopHeader, list[tuple[FrameKind, bytes]]
     if data[:4] != GOP_MAGIC:
         raise BitstreamError(f"{what}: bad magic {data[:4]!r} at byte 0 (expected {GOP_MAGIC!r})")
     version, flags = data[4], data[5]
-    if version != GOP_FORMAT_VERSION:
-        raise BitstreamError(f"{what}: unsupported version {version} at byte 4")
+    if not OLDEST_GOP_FORMAT <= version <= GOP_FORMAT_VERSION:
+        raise BitstreamError(
+            f"{what}: unsupported version {version} at byte 4 (this decoder reads "
+            f"{OLDEST_GOP_FORMAT} .. {GOP_FORMAT_VERSION}; a newer splatpack may read it)"
+        )
     pos = 6
     height, pos = read_varint(data, pos, what)
     width, pos = read_varint(data, pos, what)
     n_frames, pos = read_varint(data, pos, what)
-    if pos + GRID_NBYTES > len(data):
+    grid_size = grid_nbytes(version)
+    if pos + grid_size > len(data):
         raise BitstreamError(f"{what}: truncated quant grid at byte {pos}")
-    grid = QuantGrid.from_bytes(data[pos : pos + GRID_NBYTES])
-    pos += GRID_NBYTES
+    grid = QuantGrid.from_bytes(data[pos : pos + grid_size], version)
+    pos += grid_size
     header = GopHeader(height, width, n_frames, grid, flags, version)
     problem = header.problem()
     if problem:

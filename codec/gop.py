@@ -36,11 +36,11 @@ from codec.gaussians import Gaussians, change_energy
 from codec.init import random_init, superpixel_init
 from codec.metrics import psnr_db
 from codec.quant import (
-    GRID_NBYTES,
     QGaussians,
     QuantGrid,
     dequantize,
     fake_quantize,
+    grid_nbytes,
     make_grid,
     quantize,
 )
@@ -428,17 +428,18 @@ def decode_gop(payload: bytes) -> np.ndarray:
     state: QGaussians | None = None
     ctx: np.ndarray | None = None
     models = ModelMemory()
-    grid = header.grid
+    grid, fmt = header.grid, header.version  # older formats decode too (docs/FORMAT.md)
+    grid_size = grid_nbytes(fmt)
     for t, (kind, data) in enumerate(coded):
         if kind == FrameKind.I:
-            state, ctx, models = decode_intra(data, grid), None, ModelMemory()
+            state, ctx, models = decode_intra(data, grid, fmt), None, ModelMemory()
         elif kind == FrameKind.I_NEW_GRID:
-            grid = QuantGrid.from_bytes(data[:GRID_NBYTES])
-            state, ctx, models = decode_intra(data[GRID_NBYTES:], grid), None, ModelMemory()
+            grid = QuantGrid.from_bytes(data[:grid_size], fmt)
+            state, ctx, models = decode_intra(data[grid_size:], grid, fmt), None, ModelMemory()
         elif state is None:
             raise BitstreamError("GOP starts with a P-frame; the first frame must be an I-frame")
         else:
-            new_state = decode_inter(data, state, grid, ctx, models)
+            new_state = decode_inter(data, state, grid, ctx, models, fmt)
             ctx = _touched(state, new_state)
             state = new_state
         out[t] = to_u8(backend.render_nograd(dequantize(state, grid), h, w))
