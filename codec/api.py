@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
+from codec.bitstream import DEFAULT_LIMITS, DecodeLimits, unpack_gop
 from codec.config import CodecConfig
 from codec.container import ContainerReader, ContainerWriter, StreamHeader
-from codec.errors import CodecConfigError
-from codec.gop import decode_gop, encode_gop_report
+from codec.errors import BitstreamError, CodecConfigError
+from codec.gop import encode_gop_report, iter_gop_frames
 from codec.init import detect_face_roi, load_roi_mask
-from codec.video import VideoWriter, iter_gops, probe
+from codec.video import VideoWriter, iter_gops, probe, y4m_frame_bytes, y4m_header
 
 ProgressFn = Callable[[int, int | None], None]  # (frames done, frames total if known)
 RoiSpec = str | Path | None  # None, "face" (detected per GOP), or a mask image path
@@ -115,25 +121,214 @@ def encode_video(
     )
 
 
-def iter_decoded(gsv_path: str | Path, start_frame: int = 0) -> Iterator[np.ndarray]:
-    """Decoded frames (uint8 [H, W, 3]) from ``start_frame`` on, decoding only the GOPs needed."""
-    reader = ContainerReader(Path(gsv_path))
+@dataclass(frozen=True)
+class Damage:
+    """A stretch of a ``.gsv`` that could not be decoded: GOP ``gop`` (None: unknown, e.g. lost
+    to truncation) covering frames ``first_frame .. first_frame + n_frames - 1`` (``n_frames``
+    None: to the end of the stream, whose length is then unknown)."""
+
+    gop: int | None
+    first_frame: int
+    n_frames: int | None
+    reason: str
+
+    def describe(self) -> str:
+        frames = (
+            f"frames {self.first_frame}..{self.first_frame + self.n_frames - 1}"
+            if self.n_frames is not None
+            else f"frames from {self.first_frame} on"
+        )
+        what = f"GOP {self.gop}" if self.gop is not None else "missing GOPs"
+        return f"{what} ({frames}): {self.reason}"
+
+
+def open_gsv(
+    gsv: str | Path | bytes, *, limits: DecodeLimits = DEFAULT_LIMITS, salvage: bool = False
+) -> tuple[ContainerReader, list[Damage]]:
+    """The reader of a ``.gsv`` and, with ``salvage``, the stretches already known to be lost
+    (GOPs the index names but the scan did not find, a cut-off tail)."""
+    reader = ContainerReader(
+        gsv if isinstance(gsv, bytes) else Path(gsv), limits=limits, salvage=salvage
+    )
+    damage: list[Damage] = []
+    if reader.index_problem is not None:
+        reason = f"not found ({reader.index_problem})"
+        expected_first, expected_index = 0, 0
+        for e in reader.gops:
+            if e.first_frame > expected_first:
+                n = e.first_frame - expected_first
+                damage.append(Damage(None, expected_first, n, reason))
+            expected_first, expected_index = e.first_frame + e.n_frames, e.index + 1
+        damage.append(
+            Damage(
+                None,
+                expected_first,
+                None,
+                f"the file ends early or its index is damaged "
+                f"(GOPs from {expected_index} on, if any, are lost)",
+            )
+        )
+    return reader, damage
+
+
+def iter_decoded(
+    gsv_path: str | Path | bytes,
+    start_frame: int = 0,
+    n_frames: int | None = None,
+    *,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    salvage: bool = False,
+    damage: list[Damage] | None = None,
+    reader: ContainerReader | None = None,
+) -> Iterator[np.ndarray]:
+    """Decoded frames (uint8 [H, W, 3]) ``start_frame .. start_frame + n_frames - 1`` (to the end
+    when ``n_frames`` is None), one at a time: the GOP index finds the first GOP, and only the
+    frames asked for are kept in memory.
+
+    Without ``salvage`` the first damaged GOP raises BitstreamError. With it, a damaged GOP is
+    skipped (its frames are not yielded) and recorded in ``damage``, as are GOPs lost from a
+    cut-off file; the frames of intact GOPs are exactly those of an undamaged decode."""
+    if reader is None:
+        reader, known = open_gsv(gsv_path, limits=limits, salvage=salvage)
+        if damage is not None:
+            damage.extend(known)
     if not 0 <= start_frame < max(reader.n_frames, 1):
-        raise CodecConfigError(f"start_frame={start_frame} is outside 0..{reader.n_frames - 1}")
-    first_gop = reader.gop_for_frame(start_frame)
-    for entry in reader.gops[first_gop:]:
-        frames = decode_gop(reader.read_gop(entry.index))
-        skip = max(0, start_frame - entry.first_frame)
-        yield from frames[skip:]
+        raise CodecConfigError(
+            f"the start frame {start_frame} is outside the stream's frames 0..{reader.n_frames - 1}"
+        )
+    if n_frames is not None and n_frames < 1:
+        raise CodecConfigError(f"the frame count {n_frames} must be at least 1")
+    end = reader.n_frames if n_frames is None else min(reader.n_frames, start_frame + n_frames)
+    h = reader.header
+    for pos in range(reader.gop_for_frame(start_frame), len(reader.gops)):
+        entry = reader.gops[pos]
+        if entry.first_frame >= end:
+            break
+        lo = max(start_frame, entry.first_frame) - entry.first_frame
+        hi = min(end, entry.first_frame + entry.n_frames) - entry.first_frame
+        done = lo  # frames of this GOP handed out so far (from lo)
+        try:
+            payload = reader.read_gop(pos)
+            frames = _gop_frames(payload, entry.n_frames, h.width, h.height, limits)
+            for t, frame in enumerate(frames):
+                if t >= hi:
+                    break
+                if t >= lo:
+                    yield frame
+                    done = t + 1
+        except BitstreamError as exc:
+            if not salvage:
+                raise
+            if damage is not None:
+                damage.append(Damage(entry.index, entry.first_frame + done, hi - done, str(exc)))
 
 
-def decode_video(gsv_path: str | Path, out_path: str | Path) -> int:
-    """Decode a ``.gsv`` file to ``.mp4``, ``.y4m`` or a directory of PNGs; returns frames written."""
-    reader = ContainerReader(Path(gsv_path))
+def _gop_frames(
+    payload: bytes, n_frames: int, width: int, height: int, limits: DecodeLimits
+) -> Iterator[np.ndarray]:
+    """A GOP's frames, after checking its header agrees with the index and the stream header.
+
+    In salvage mode a GOP that fails part-way has already yielded some frames; its remaining ones
+    are reported as damage by the caller. Frames are checked before any is yielded where cheap
+    (sizes, counts); rendering errors surface as BitstreamError."""
+    header, _ = unpack_gop(payload)
+    if (header.width, header.height, header.n_frames) != (width, height, n_frames):
+        raise BitstreamError(
+            f"GOP header says {header.n_frames} frames of {header.width}x{header.height}, "
+            f"the container {n_frames} of {width}x{height}"
+        )
+    yield from iter_gop_frames(payload, limits)
+
+
+def decode_video(
+    gsv_path: str | Path,
+    out_path: str | Path,
+    *,
+    start_frame: int = 0,
+    n_frames: int | None = None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    salvage: bool = False,
+    damage: list[Damage] | None = None,
+) -> int:
+    """Decode a ``.gsv`` file to ``.mp4``, ``.y4m`` or a directory of PNGs; returns frames written.
+
+    The output appears complete or not at all (written under a temporary name, fsynced, renamed);
+    a decode error leaves nothing behind. With ``salvage`` the intact GOPs are written and the
+    damaged ones recorded in ``damage`` (the caller decides whether that is a failure)."""
+    reader, known = open_gsv(gsv_path, limits=limits, salvage=salvage)
+    if damage is not None:
+        damage.extend(known)
     h = reader.header
     written = 0
-    with VideoWriter(Path(out_path), h.width, h.height, Fraction(h.fps_num, h.fps_den)) as writer:
-        for frame in iter_decoded(gsv_path):
-            writer.write(frame)
-            written += 1
+    with atomic_output(Path(out_path)) as tmp:
+        with VideoWriter(tmp, h.width, h.height, Fraction(h.fps_num, h.fps_den)) as writer:
+            for frame in iter_decoded(
+                gsv_path, start_frame, n_frames, limits=limits, salvage=salvage,
+                damage=damage, reader=reader,
+            ):  # fmt: skip
+                writer.write(frame)
+                written += 1
+        if written == 0:
+            raise BitstreamError("no frame could be decoded; nothing was written")
     return written
+
+
+def write_y4m_stream(
+    out: BinaryIO, frames: Iterable[np.ndarray], width: int, height: int, fps: Fraction
+) -> int:
+    """Write frames (uint8 [H, W, 3]) as a YUV4MPEG2 stream (``y4m_format`` 444p10, like .y4m
+    files) to a binary stream such as stdout; returns the frames written."""
+    out.write(y4m_header(width, height, fps, "444p10"))
+    n = 0
+    for frame in frames:
+        out.write(b"FRAME\n" + y4m_frame_bytes(frame, "444p10"))
+        n += 1
+    out.flush()
+    return n
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path next to ``path`` (same suffix) to write into; on success it is fsynced and
+    renamed onto ``path`` (replacing a file, or a directory of PNG frames), on failure removed.
+    The caller decides beforehand whether ``path`` may be replaced."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise CodecConfigError(f"cannot write {path}: the folder {parent} does not exist")
+    is_dir_output = path.suffix == "" or path.is_dir()
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp"))
+    target = tmp if is_dir_output else tmp / path.name
+    try:
+        yield target
+        if is_dir_output:
+            for f in target.iterdir():
+                _fsync_path(f)
+            if path.is_dir():
+                shutil.rmtree(path)
+            os.replace(target, path)
+        else:
+            _fsync_path(target)
+            os.replace(target, path)
+            shutil.rmtree(tmp, ignore_errors=True)
+        _fsync_path(parent, directory=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    """fsync a file (or, best effort, a directory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)

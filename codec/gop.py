@@ -13,14 +13,21 @@ A GOP depends on nothing outside its payload, so GOPs can be encoded anywhere
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from codec.bitstream import FrameKind, GopHeader, pack_gop, unpack_gop
+from codec.bitstream import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    FrameKind,
+    GopHeader,
+    pack_gop,
+    unpack_gop,
+)
 from codec.config import CodecConfig
 from codec.entropy import (
     ModelMemory,
@@ -407,30 +414,31 @@ def encode_gop(
     return encode_gop_report(frames, config, roi_mask=roi_mask, device=device).payload
 
 
-def decode_gop(payload: bytes) -> np.ndarray:
-    """Decode a GOP payload to uint8 [T, H, W, 3]; any malformed payload raises BitstreamError."""
+EMPTY_UPDATE = b"\x00\x00"  # a P-frame record changing and adding nothing: the picture repeats
+
+
+def iter_gop_frames(payload: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Iterator[np.ndarray]:
+    """Decode a GOP payload frame by frame (uint8 [H, W, 3] each, a new array per frame).
+
+    ``limits`` bounds the work the payload may ask for (:class:`codec.bitstream.DecodeLimits`),
+    checked before any frame is rendered; any malformed or over-limit payload raises
+    BitstreamError. An unchanged P-frame repeats the previous picture without rendering."""
     header, coded = unpack_gop(payload)
     h, w, t_count = header.height, header.width, header.n_frames
-    if not (1 <= h <= MAX_SIDE_PX and 1 <= w <= MAX_SIDE_PX) or not (
-        1 <= t_count <= MAX_GOP_FRAMES
-    ):
-        raise BitstreamError(
-            f"GOP header claims {t_count} frames of {w}x{h}, outside the codec's limits"
-        )
-    if t_count * h * w * 3 > MAX_DECODE_BYTES:
-        raise BitstreamError(
-            f"GOP would decode to {t_count * h * w * 3} bytes, over the {MAX_DECODE_BYTES} limit"
-        )
-    if len(coded) != t_count:
-        raise BitstreamError(f"GOP header says {t_count} frames but the payload holds {len(coded)}")
+    what = "GOP"
+    if not (1 <= h <= MAX_SIDE_PX and 1 <= w <= MAX_SIDE_PX):
+        raise BitstreamError(f"{what} header claims {w}x{h} frames, outside the codec's limits")
+    limits.check_gop(w, h, t_count, len(payload), what)
+    n_render = sum(1 for kind, data in coded if kind != FrameKind.P or data != EMPTY_UPDATE)
+    limits.check_rendered(w, h, n_render, len(payload), what)
     backend = get_backend(DECODE_BACKEND)
-    out = np.empty((t_count, h, w, 3), dtype=np.uint8)
     state: QGaussians | None = None
     ctx: np.ndarray | None = None
     models = ModelMemory()
+    picture: np.ndarray | None = None
     grid, fmt = header.grid, header.version  # older formats decode too (docs/FORMAT.md)
     grid_size = grid_nbytes(fmt)
-    for t, (kind, data) in enumerate(coded):
+    for kind, data in coded:
         if kind == FrameKind.I:
             state, ctx, models = decode_intra(data, grid, fmt), None, ModelMemory()
         elif kind == FrameKind.I_NEW_GRID:
@@ -438,9 +446,31 @@ def decode_gop(payload: bytes) -> np.ndarray:
             state, ctx, models = decode_intra(data[grid_size:], grid, fmt), None, ModelMemory()
         elif state is None:
             raise BitstreamError("GOP starts with a P-frame; the first frame must be an I-frame")
+        elif data == EMPTY_UPDATE and picture is not None:
+            # nothing changes: the same state renders to the same picture; no row was touched
+            ctx = np.zeros(len(state), dtype=bool)
+            yield picture.copy()
+            continue
         else:
             new_state = decode_inter(data, state, grid, ctx, models, fmt)
             ctx = _touched(state, new_state)
             state = new_state
-        out[t] = to_u8(backend.render_nograd(dequantize(state, grid), h, w))
+        limits.check_gaussians(w, h, len(state), what)
+        picture = to_u8(backend.render_nograd(dequantize(state, grid), h, w))
+        yield picture
+
+
+def decode_gop(payload: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Decode a GOP payload to uint8 [T, H, W, 3]; any malformed payload raises BitstreamError.
+    Holds the whole GOP: :func:`iter_gop_frames` streams it."""
+    header, _ = unpack_gop(payload)
+    t_count, h, w = header.n_frames, header.height, header.width
+    limits.check_gop(w, h, t_count, len(payload), "GOP")
+    if t_count * h * w * 3 > MAX_DECODE_BYTES:
+        raise BitstreamError(
+            f"GOP would decode to {t_count * h * w * 3} bytes, over the {MAX_DECODE_BYTES} limit"
+        )
+    out = np.empty((t_count, h, w, 3), dtype=np.uint8)
+    for t, frame in enumerate(iter_gop_frames(payload, limits)):
+        out[t] = frame
     return out
