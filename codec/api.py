@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -21,7 +22,7 @@ from codec.container import ContainerReader, ContainerWriter, StreamHeader
 from codec.errors import BitstreamError, CodecConfigError
 from codec.gop import encode_gop_report, iter_gop_frames
 from codec.init import detect_face_roi, load_roi_mask
-from codec.video import VideoWriter, iter_gops, probe, y4m_frame_bytes, y4m_header
+from codec.video import VideoWriter, iter_frames, probe, y4m_frame_bytes, y4m_header
 
 ProgressFn = Callable[[int, int | None], None]  # (frames done, frames total if known)
 RoiSpec = str | Path | None  # None, "face" (detected per GOP), or a mask image path
@@ -50,23 +51,45 @@ class EncodeSummary:
         return self.n_frames / self.encode_seconds if self.encode_seconds > 0 else 0.0
 
 
+def _grouped(frames: Iterator[np.ndarray], gop: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first, uint8 [T, H, W, 3])`` runs of ``gop`` frames (the last may be shorter)."""
+    first = 0
+    while True:
+        chunk = list(itertools.islice(frames, gop))
+        if not chunk:
+            return
+        yield first, np.stack(chunk)
+        first += len(chunk)
+
+
 def encode_video(
     in_path: str | Path,
-    out_path: str | Path,
+    out_path: str | Path | BinaryIO,
     config: CodecConfig,
     *,
     max_frames: int | None = None,
+    start_frame: int = 0,
     roi: RoiSpec = None,
     progress: ProgressFn | None = None,
     device: str = "cpu",
 ) -> EncodeSummary:
-    """Encode a video file into a ``.gsv`` file GOP by GOP; returns measured figures.
+    """Encode frames ``start_frame ..`` (at most ``max_frames``) of a video file into a ``.gsv``
+    GOP by GOP; returns measured figures. ``out_path`` is a path (written atomically) or a
+    binary stream such as stdout.
 
     ``device`` is where the fits run ("cpu", "cuda" or "auto"; see :func:`codec.gop.encode_gop_report`)."""
     if max_frames is not None and max_frames < 1:
         raise CodecConfigError(f"max_frames={max_frames} must be at least 1")
+    if start_frame < 0:
+        raise CodecConfigError(f"start_frame={start_frame} must be at least 0")
     info = probe(in_path)
-    total = info.n_frames if max_frames is None else min(max_frames, info.n_frames or max_frames)
+    if info.n_frames is not None and start_frame >= info.n_frames:
+        raise CodecConfigError(
+            f"start_frame={start_frame} is past the input's {info.n_frames} frames "
+            f"(0..{info.n_frames - 1})"
+        )
+    left = None if info.n_frames is None else info.n_frames - start_frame
+    total = left if max_frames is None else min(max_frames, left or max_frames)
     header = StreamHeader(
         width=info.width,
         height=info.height,
@@ -82,8 +105,11 @@ def encode_video(
     frames_done = 0
     stats: list[dict[str, object]] = []
     start = time.perf_counter()
-    with ContainerWriter(Path(out_path), header) as writer:
-        for gop_index, (first, frames) in enumerate(iter_gops(in_path, config.gop, max_frames)):
+    target = out_path if hasattr(out_path, "write") else Path(out_path)  # type: ignore[arg-type]
+    end = None if max_frames is None else start_frame + max_frames
+    source = itertools.islice(iter_frames(in_path, end), start_frame, None)
+    with ContainerWriter(target, header) as writer:  # type: ignore[arg-type]
+        for gop_index, (first, frames) in enumerate(_grouped(source, config.gop)):
             gop_mask = detect_face_roi(frames[0]) if detect_faces else file_mask
             base = frames_done
 
@@ -100,12 +126,14 @@ def encode_video(
                 s["gop"] = gop_index
                 stats.append(s)
             frames_done += len(frames)
+        if frames_done == 0:  # leaves no output: the writer aborts
+            raise CodecConfigError(f"no frames to encode from frame {start_frame} of {in_path}")
     seconds = time.perf_counter() - start
-    n_bytes = Path(out_path).stat().st_size
+    n_bytes = writer.bytes_written
     i_sizes = [int(s["n_bytes"]) for s in stats if s["kind"] == "I"]  # type: ignore[call-overload]
     p_sizes = [int(s["n_bytes"]) for s in stats if s["kind"] == "P"]  # type: ignore[call-overload]
     return EncodeSummary(
-        out_path=str(out_path),
+        out_path=str(out_path) if isinstance(out_path, (str, Path)) else "-",
         width=info.width,
         height=info.height,
         fps=str(info.fps),
@@ -241,7 +269,7 @@ def _gop_frames(
 
 
 def decode_video(
-    gsv_path: str | Path,
+    gsv_path: str | Path | bytes,
     out_path: str | Path,
     *,
     start_frame: int = 0,
@@ -249,15 +277,18 @@ def decode_video(
     limits: DecodeLimits = DEFAULT_LIMITS,
     salvage: bool = False,
     damage: list[Damage] | None = None,
+    reader: ContainerReader | None = None,
 ) -> int:
     """Decode a ``.gsv`` file to ``.mp4``, ``.y4m`` or a directory of PNGs; returns frames written.
 
     The output appears complete or not at all (written under a temporary name, fsynced, renamed);
     a decode error leaves nothing behind. With ``salvage`` the intact GOPs are written and the
-    damaged ones recorded in ``damage`` (the caller decides whether that is a failure)."""
-    reader, known = open_gsv(gsv_path, limits=limits, salvage=salvage)
-    if damage is not None:
-        damage.extend(known)
+    damaged ones recorded in ``damage`` (the caller decides whether that is a failure). A
+    ``reader`` already opened by :func:`open_gsv` is used as is (its known damage not repeated)."""
+    if reader is None:
+        reader, known = open_gsv(gsv_path, limits=limits, salvage=salvage)
+        if damage is not None:
+            damage.extend(known)
     h = reader.header
     written = 0
     with atomic_output(Path(out_path)) as tmp:

@@ -201,6 +201,11 @@ class ContainerWriter:
         self._file.write(data)
         self._pos += len(data)
 
+    @property
+    def bytes_written(self) -> int:
+        """Bytes of the file so far (all of it after :meth:`close`)."""
+        return self._pos
+
     def add_gop(self, index: int, first_frame: int, n_frames: int, payload: bytes) -> None:
         """Append GOP ``index`` (frames ``first_frame .. first_frame + n_frames - 1``)."""
         if self._closed:
