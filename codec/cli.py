@@ -289,12 +289,19 @@ def _encode(args: argparse.Namespace, path: Path, out: IO[str]) -> int:
         )
     finally:
         bar.close()
+    from codec.metrics import PSNR_CAP_DB
+
     p_mean = (
         f"{summary.p_frame_bytes_mean:.0f} B" if summary.p_frame_bytes_mean is not None else "n/a"
     )
+    psnr = (
+        f"PSNR {summary.psnr_db:.2f} dB"
+        if summary.psnr_db < PSNR_CAP_DB
+        else "PSNR lossless (identical frames; capped at 100 dB in reports)"
+    )
     print(
         f"{summary.out_path}: {summary.n_frames} frames {summary.width}x{summary.height} @ {summary.fps} fps, "
-        f"{summary.n_bytes} bytes, {summary.bits_per_pixel:.4f} bpp, PSNR {summary.psnr_db:.2f} dB, "
+        f"{summary.n_bytes} bytes, {summary.bits_per_pixel:.4f} bpp, {psnr}, "
         f"I-frame {summary.i_frame_bytes_mean:.0f} B, P-frame {p_mean}, "
         f"{summary.encode_seconds:.1f} s ({summary.encode_fps:.2f} fps)",
         file=out,

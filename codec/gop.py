@@ -40,7 +40,7 @@ from codec.entropy import (
 from codec.errors import BitstreamError, CodecConfigError
 from codec.fit import fit_iframe, fit_pframe
 from codec.gaussians import Gaussians, change_energy
-from codec.init import random_init, superpixel_init
+from codec.init import count_for_detail, random_init, superpixel_init
 from codec.metrics import psnr_db
 from codec.quant import (
     QGaussians,
@@ -163,7 +163,8 @@ def _code_iframe(
     """Fit (on ``device``), quantise and entropy-code (on the CPU) an I-frame; returns (state in
     canonical order, its grid, bytes, iters)."""
     h, w, _ = frame.shape
-    init = _initialise(frame, gaussian_count(cfg, h, w), cfg, roi_mask, gen)
+    n = count_for_detail(gaussian_count(cfg, h, w), frame)  # a flat frame needs few Gaussians
+    init = _initialise(frame, n, cfg, roi_mask, gen)
     on_dev = frame.to(device)
     fitted = fit_iframe(on_dev, init.to(device), cfg.fit, backend, generator=gen)
     g, iters = fitted.gaussians.detach().to("cpu"), fitted.iters

@@ -236,6 +236,8 @@ def _client(args: argparse.Namespace) -> Any:
 def cmd_submit(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from codec.metrics import ssim_label
+
     path = Path(args.input)
     if not path.is_file():
         return _error(f"{path} does not exist or is not a file")
@@ -289,7 +291,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(
                 f"{report.get('n_frames')} frames, {report.get('bytes')} bytes, "
                 f"{report.get('bits_per_pixel', 0):.4f} bpp, PSNR {report.get('psnr_db', 0):.2f} dB, "
-                f"MS-SSIM {report.get('ms_ssim', 0):.4f}"
+                f"{ssim_label(bool(report.get('ms_ssim_used_ssim_fallback')))} "
+                f"{report.get('ms_ssim', 0):.4f}"
             )
         for f in files:
             print(f"  {f}")

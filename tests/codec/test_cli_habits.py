@@ -207,3 +207,19 @@ def test_stdin_and_stdout_round_trip(tmp_path: Path) -> None:
     out = tmp_path / "out.y4m"
     out.write_bytes(dec.stdout)
     np.testing.assert_array_equal(y4m_frames(out), np.stack(list(iter_decoded(gsv))))
+
+
+def test_a_black_or_flat_clip_costs_a_few_hundred_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in (("black", 0), ("grey", 128)):
+        clip = write_clip(tmp_path / f"{name}.mp4", np.full((3, 144, 176, 3), value, np.uint8))
+        gsv = tmp_path / f"{name}.gsv"
+        assert main(["encode", str(clip), "-o", str(gsv), "--quality", "5", "--quiet"]) == 0
+        out = capsys.readouterr().out
+        reader = ContainerReader(gsv)
+        assert sum(g.length for g in reader.gops) < 400, name  # was 13.5 KB at 176x144
+        if value == 0:
+            assert "lossless" in out  # not a bare "PSNR 100.00 dB"
+        else:
+            assert "dB" in out
