@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from infra.settings import Settings
 
 CODEC_COMMANDS = ("encode", "decode", "info", "bench")
-API_APP = "service.app:create_app"  # by string: workers never import service
+API_APP = "service.app:create_app"  # uvicorn imports it in the API's own process
 
 
 def _settings() -> Settings:
