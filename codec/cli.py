@@ -244,7 +244,9 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         check_overwrite(Path(args.json), args, "--json")
     if args.input == STDIO:
         with _stdin_as_file(".y4m") as path:
-            if path.read_bytes()[:9] != b"YUV4MPEG2":
+            with path.open("rb") as f:
+                magic = f.read(9)
+            if magic != b"YUV4MPEG2":
                 raise UsageError(
                     "encode -: stdin is not a y4m stream; pipe one, e.g. "
                     "`ffmpeg -i in.mp4 -f yuv4mpegpipe - | splatpack encode - -o out.gsv`"
