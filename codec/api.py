@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from codec.bitstream import DEFAULT_LIMITS, DecodeLimits, unpack_gop
+from codec.bitstream import DEFAULT_LIMITS, DecodeLimits
 from codec.config import CodecConfig
 from codec.container import ContainerReader, ContainerWriter, StreamHeader
 from codec.errors import BitstreamError, CodecConfigError
@@ -237,7 +237,7 @@ def iter_decoded(
         done = lo  # frames of this GOP handed out so far (from lo)
         try:
             payload = reader.read_gop(pos)
-            frames = _gop_frames(payload, entry.n_frames, h.width, h.height, limits)
+            frames = iter_gop_frames(payload, limits, (entry.n_frames, h.width, h.height))
             for t, frame in enumerate(frames):
                 if t >= hi:
                     break
@@ -249,23 +249,6 @@ def iter_decoded(
                 raise
             if damage is not None:
                 damage.append(Damage(entry.index, entry.first_frame + done, hi - done, str(exc)))
-
-
-def _gop_frames(
-    payload: bytes, n_frames: int, width: int, height: int, limits: DecodeLimits
-) -> Iterator[np.ndarray]:
-    """A GOP's frames, after checking its header agrees with the index and the stream header.
-
-    In salvage mode a GOP that fails part-way has already yielded some frames; its remaining ones
-    are reported as damage by the caller. Frames are checked before any is yielded where cheap
-    (sizes, counts); rendering errors surface as BitstreamError."""
-    header, _ = unpack_gop(payload)
-    if (header.width, header.height, header.n_frames) != (width, height, n_frames):
-        raise BitstreamError(
-            f"GOP header says {header.n_frames} frames of {header.width}x{header.height}, "
-            f"the container {n_frames} of {width}x{height}"
-        )
-    yield from iter_gop_frames(payload, limits)
 
 
 def decode_video(

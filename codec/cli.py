@@ -264,7 +264,13 @@ def _encode(args: argparse.Namespace, path: Path, out: IO[str]) -> int:
     from codec.video import probe
 
     config = _config_from_args(args)
-    start, count = frame_range(args, probe(path).fps)
+    info = probe(path)
+    start, count = frame_range(args, info.fps)
+    if info.n_frames is not None and start >= info.n_frames:
+        flag = "--start" if args.start is not None else "-ss"
+        raise UsageError(
+            f"{flag}: frame {start} is past the end; {args.input} has {info.n_frames} frames"
+        )
     bar = tqdm(
         unit="frame",
         desc="encoding",
@@ -374,7 +380,12 @@ def _cmd_decode(args: argparse.Namespace) -> int:
             )  # fmt: skip
     except BitstreamError as exc:
         hint = "" if args.salvage else " (--salvage decodes the intact GOPs of a damaged file)"
-        raise BitstreamError(f"{args.input}: {exc}; no output was written{hint}") from None
+        result = (
+            "the y4m stream on stdout is incomplete"
+            if args.output == STDIO
+            else "no output was written"
+        )
+        raise BitstreamError(f"{args.input}: {exc}; {result}{hint}") from None
     seconds = time.perf_counter() - begin
     name = "stdout" if args.output == STDIO else args.output
     print(

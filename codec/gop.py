@@ -418,15 +418,25 @@ def encode_gop(
 EMPTY_UPDATE = b"\x00\x00"  # a P-frame record changing and adding nothing: the picture repeats
 
 
-def iter_gop_frames(payload: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Iterator[np.ndarray]:
+def iter_gop_frames(
+    payload: bytes,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    expect: tuple[int, int, int] | None = None,
+) -> Iterator[np.ndarray]:
     """Decode a GOP payload frame by frame (uint8 [H, W, 3] each, a new array per frame).
 
     ``limits`` bounds the work the payload may ask for (:class:`codec.bitstream.DecodeLimits`),
-    checked before any frame is rendered; any malformed or over-limit payload raises
+    checked before any frame is rendered; ``expect`` (n_frames, width, height), what the
+    container says, must match the GOP header. Any malformed or over-limit payload raises
     BitstreamError. An unchanged P-frame repeats the previous picture without rendering."""
     header, coded = unpack_gop(payload)
     h, w, t_count = header.height, header.width, header.n_frames
     what = "GOP"
+    if expect is not None and expect != (t_count, w, h):
+        raise BitstreamError(
+            f"{what} header says {t_count} frames of {w}x{h}, the container "
+            f"{expect[0]} of {expect[1]}x{expect[2]}"
+        )
     if not (1 <= h <= MAX_SIDE_PX and 1 <= w <= MAX_SIDE_PX):
         raise BitstreamError(f"{what} header claims {w}x{h} frames, outside the codec's limits")
     limits.check_gop(w, h, t_count, len(payload), what)

@@ -104,6 +104,8 @@ def test_messages_name_the_users_flag(tmp_path: Path, capsys: pytest.CaptureFixt
         ("encode", str(clip), "-o", gsv, "--frames", "0"): "--frames 0",
         ("encode", str(clip), "-o", gsv, "--set", "foo=1"): "--set foo",
         ("encode", str(clip), "-o", gsv, "--start", "-3"): "--start -3",
+        ("encode", str(clip), "-o", gsv, "--start", "5"): "--start",
+        ("encode", str(clip), "-o", gsv, "-ss", "9"): "-ss",
         ("encode", str(tmp_path / "missing.mp4"), "-o", gsv): "missing.mp4",
         ("encode", str(clip), "-o", str(tmp_path / "wrong.mp4")): ".gsv",
         ("encode", str(clip), "-o", gsv, "--quality", "11"): "--quality",

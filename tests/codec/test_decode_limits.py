@@ -83,10 +83,10 @@ def decode_all(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> int:
 def test_crafted_file_fails_fast_with_bitstream_error(name: str) -> None:
     data = CRAFTED[name]()
     assert len(data) < 40_000
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time of this process: other load does not count
     with pytest.raises(BitstreamError):
         decode_all(data)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 def test_a_raised_memory_budget_still_bounds_the_work_by_the_file_size() -> None:
@@ -110,12 +110,12 @@ def test_crafted_files_stay_under_300_mb_in_a_fresh_process(tmp_path: Path) -> N
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "out = {}\n"
         "for f in sys.argv[1:]:\n"
-        "    t = time.perf_counter()\n"
+        "    t = time.process_time()\n"
         "    try:\n"
         "        sum(1 for _ in iter_decoded(f)); out[f] = 'decoded'\n"
         "    except BitstreamError:\n"
         "        out[f] = 'refused'\n"
-        "    out[f + ':s'] = time.perf_counter() - t\n"
+        "    out[f + ':s'] = time.process_time() - t\n"
         "out['peak_mb'] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024\n"
         "print(json.dumps(out))\n"
     )
@@ -135,7 +135,7 @@ def test_a_static_clip_of_repeated_frames_decodes_without_rendering_them() -> No
     it again, in a fraction of a second (it took over 100 s before)."""
     data = crafted(176, 144, [EMPTY_I] + [REPEAT_P] * 9_999)
     assert len(data) < 41_000
-    start = time.perf_counter()
+    start = time.process_time()
     first = None
     n = 0
     for frame in iter_decoded(data):
@@ -143,7 +143,7 @@ def test_a_static_clip_of_repeated_frames_decodes_without_rendering_them() -> No
         assert np.array_equal(frame, first)
         n += 1
     assert n == 10_000
-    assert time.perf_counter() - start < 3.0
+    assert time.process_time() - start < 3.0
 
 
 def test_a_black_1080p_gop_is_within_the_default_limits() -> None:
@@ -190,12 +190,12 @@ def test_crafted_files_either_fail_or_stay_within_the_limits(
     records = [{"I": EMPTY_I, "P": REPEAT_P, "G": (FrameKind.I, gauss)}[k] for k in kinds]
     records[0] = records[0] if records[0][0] == FrameKind.I else EMPTY_I
     data = crafted(width, height, records, gops=gops)
-    start = time.perf_counter()
+    start = time.process_time()
     try:
         n = decode_all(data, SMALL)
     except BitstreamError:
         n = -1
-    seconds = time.perf_counter() - start
+    seconds = time.process_time() - start
     if n >= 0:  # accepted: the work was within what its size allows
         payload_bytes = (len(data) - 200) / gops
         rendered = sum(1 for r in records if r != REPEAT_P)
