@@ -21,9 +21,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
-from codec.errors import BitstreamError
-from codec.quant import QuantGrid, grid_nbytes
+from codec.errors import BitstreamError, DecodeLimitError
+
+if TYPE_CHECKING:  # codec.quant (and torch) load only when a payload is parsed, so that a
+    from codec.quant import QuantGrid  # reader can refuse a hostile file before loading torch
 
 GOP_MAGIC = b"SPGP"
 GOP_FORMAT_VERSION = 5  # 2: geometric Cholesky diagonal levels; 3: median-of-3 motion predictor;
@@ -68,7 +71,7 @@ class DecodeLimits:
         """BitstreamError unless one ``width`` x ``height`` frame fits the memory budget."""
         need = RENDER_BYTES_PER_PIXEL * width * height
         if need > self.memory_budget_bytes:
-            raise BitstreamError(
+            raise DecodeLimitError(
                 f"{what}: a {width}x{height} frame needs about {need >> 20} MiB to decode, over the "
                 f"memory budget of {self.memory_budget_bytes >> 20} MiB (raise it with "
                 f"--memory-budget if the file is trusted)"
@@ -78,7 +81,7 @@ class DecodeLimits:
         """BitstreamError unless a frame of ``n_gaussians`` fits the memory budget."""
         need = RENDER_BYTES_PER_PIXEL * width * height + RENDER_BYTES_PER_GAUSSIAN * n_gaussians
         if need > self.memory_budget_bytes:
-            raise BitstreamError(
+            raise DecodeLimitError(
                 f"{what}: {n_gaussians} Gaussians in a {width}x{height} frame need about "
                 f"{need >> 20} MiB to decode, over the memory budget of "
                 f"{self.memory_budget_bytes >> 20} MiB"
@@ -99,13 +102,13 @@ class DecodeLimits:
         opaque), output pixels within the per-byte bound, and one frame within the memory budget."""
         min_bytes = MIN_GOP_HEADER_BYTES + MIN_FRAME_RECORD_BYTES * n_frames
         if records and payload_bytes < min_bytes:
-            raise BitstreamError(
+            raise DecodeLimitError(
                 f"{what}: {n_frames} frames cannot fit in {payload_bytes} bytes "
                 f"(each frame record takes at least {MIN_FRAME_RECORD_BYTES})"
             )
         pixels = n_frames * width * height
         if pixels > self.free_pixels + self.max_pixels_per_byte * payload_bytes:
-            raise BitstreamError(
+            raise DecodeLimitError(
                 f"{what}: {n_frames} frames of {width}x{height} ({pixels} pixels) from "
                 f"{payload_bytes} bytes is more than {self.max_pixels_per_byte} pixels per byte"
             )
@@ -117,7 +120,7 @@ class DecodeLimits:
         """BitstreamError unless ``n_rendered`` frames may be rendered for ``payload_bytes``."""
         pixels = n_rendered * width * height
         if pixels > self.free_pixels + self.max_rendered_pixels_per_byte * payload_bytes:
-            raise BitstreamError(
+            raise DecodeLimitError(
                 f"{what}: {n_rendered} frames of {width}x{height} to render from {payload_bytes} "
                 f"bytes is more than {self.max_rendered_pixels_per_byte} rendered pixels per byte "
                 f"(a crafted file?)"
@@ -234,6 +237,8 @@ def unpack_gop(payload: bytes) -> tuple[GopHeader, list[tuple[FrameKind, bytes]]
     height, pos = read_varint(data, pos, what)
     width, pos = read_varint(data, pos, what)
     n_frames, pos = read_varint(data, pos, what)
+    from codec.quant import QuantGrid, grid_nbytes
+
     grid_size = grid_nbytes(version)
     if pos + grid_size > len(data):
         raise BitstreamError(f"{what}: truncated quant grid at byte {pos}")

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from codec.config import CodecConfig, FitConfig, QuantConfig, parse_overrides
-from codec.errors import BitstreamError, CodecError
+from codec.errors import BitstreamError, CodecError, DecodeLimitError
 
 EXIT_ERROR = 2  # the command did nothing useful: bad input or arguments
 EXIT_DAMAGED = 1  # the file is damaged: info found damage, decode --salvage wrote what it could
@@ -340,7 +340,7 @@ def _gsv_source(name: str) -> Any:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    from codec.api import Damage, decode_video, iter_decoded, open_gsv, write_y4m_stream
+    from codec.container import Damage, open_gsv  # no torch: a hostile file is refused first
 
     out = _out(args)
     if args.output != STDIO:
@@ -366,6 +366,8 @@ def _cmd_decode(args: argparse.Namespace) -> int:
                 f"{flag}: frame {start} is past the end; the stream has {reader.n_frames} frames "
                 f"({reader.duration_s:.2f} s)"
             )
+        from codec.api import decode_video, iter_decoded, write_y4m_stream
+
         if args.output == STDIO:
             frames = iter_decoded(
                 source, start, count, limits=limits, salvage=args.salvage, damage=damage,
@@ -379,7 +381,11 @@ def _cmd_decode(args: argparse.Namespace) -> int:
                 salvage=args.salvage, damage=damage, reader=reader,
             )  # fmt: skip
     except BitstreamError as exc:
-        hint = "" if args.salvage else " (--salvage decodes the intact GOPs of a damaged file)"
+        hint = (
+            ""
+            if args.salvage or isinstance(exc, DecodeLimitError)
+            else " (--salvage decodes the intact GOPs of a damaged file)"
+        )
         result = (
             "the y4m stream on stdout is incomplete"
             if args.output == STDIO
@@ -405,8 +411,8 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
 def gsv_info(source: Any) -> dict[str, Any]:
     """What ``info`` shows: header, duration, bitrate, GOPs with their frame kinds, damage."""
-    from codec.api import open_gsv
     from codec.bitstream import FrameKind, unpack_gop
+    from codec.container import open_gsv
 
     reader, known = open_gsv(source, salvage=True)
     h = reader.header
@@ -459,7 +465,10 @@ def gsv_info(source: Any) -> dict[str, Any]:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    info = gsv_info(_gsv_source(args.input))
+    try:
+        info = gsv_info(_gsv_source(args.input))
+    except BitstreamError as exc:
+        raise BitstreamError(f"{args.input}: {exc}") from None
     if args.json:
         print(json.dumps(info, indent=2))
     else:

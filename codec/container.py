@@ -603,3 +603,53 @@ class ContainerReader:
         tb: TracebackType | None,
     ) -> None:
         return None
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A stretch of a ``.gsv`` that could not be decoded: GOP ``gop`` (None: unknown, e.g. lost
+    to truncation) covering frames ``first_frame .. first_frame + n_frames - 1`` (``n_frames``
+    None: to the end of the stream, whose length is then unknown)."""
+
+    gop: int | None
+    first_frame: int
+    n_frames: int | None
+    reason: str
+
+    def describe(self) -> str:
+        frames = (
+            f"frames {self.first_frame}..{self.first_frame + self.n_frames - 1}"
+            if self.n_frames is not None
+            else f"frames from {self.first_frame} on"
+        )
+        what = f"GOP {self.gop}" if self.gop is not None else "missing GOPs"
+        return f"{what} ({frames}): {self.reason}"
+
+
+def open_gsv(
+    gsv: str | Path | bytes, *, limits: DecodeLimits = DEFAULT_LIMITS, salvage: bool = False
+) -> tuple[ContainerReader, list[Damage]]:
+    """The reader of a ``.gsv`` and, with ``salvage``, the stretches already known to be lost
+    (GOPs the index names but the scan did not find, a cut-off tail)."""
+    reader = ContainerReader(
+        gsv if isinstance(gsv, bytes) else Path(gsv), limits=limits, salvage=salvage
+    )
+    damage: list[Damage] = []
+    if reader.index_problem is not None:
+        reason = f"not found ({reader.index_problem})"
+        expected_first, expected_index = 0, 0
+        for e in reader.gops:
+            if e.first_frame > expected_first:
+                n = e.first_frame - expected_first
+                damage.append(Damage(None, expected_first, n, reason))
+            expected_first, expected_index = e.first_frame + e.n_frames, e.index + 1
+        damage.append(
+            Damage(
+                None,
+                expected_first,
+                None,
+                f"the file ends early or its index is damaged "
+                f"(GOPs from {expected_index} on, if any, are lost)",
+            )
+        )
+    return reader, damage

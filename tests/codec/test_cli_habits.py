@@ -225,3 +225,28 @@ def test_a_black_or_flat_clip_costs_a_few_hundred_bytes(
             assert "lossless" in out  # not a bare "PSNR 100.00 dB"
         else:
             assert "dB" in out
+
+
+def test_a_hostile_file_is_refused_by_the_command_before_loading_the_decoder(
+    tmp_path: Path,
+) -> None:
+    """The 281-byte file claiming an 8192x8192 frame took 2.7 GB and 6-15 s; the whole command now
+    refuses it from the index, without importing torch: well under 300 MB and 1 s of CPU."""
+    from tests.codec.test_decode_limits import CRAFTED
+
+    evil = tmp_path / "evil.gsv"
+    evil.write_bytes(CRAFTED["one_8192_frame"]())
+    out = tmp_path / "evil.y4m"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codec", "decode", str(evil), "-o", str(out)],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert os.waitstatus_to_exitcode(status) == 2 and "memory budget" in err
+    assert usage.ru_maxrss < 300 * 1024  # KiB on Linux
+    assert usage.ru_utime + usage.ru_stime < 1.0
+    assert not out.exists()
