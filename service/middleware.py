@@ -120,8 +120,18 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, status_send)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
             self.metrics.observe(
-                scope.get("method", "GET"), template, status, time.perf_counter() - started
+                scope.get("method", "GET"),
+                route_template(scope),
+                status,
+                time.perf_counter() - started,
             )
+
+
+def route_template(scope: Scope) -> str:
+    """The path template of the route that served ``scope`` (``/v1/jobs/{job_id}``), else
+    ``unmatched``. FastAPI >= 0.16x keeps the full template of an included router's route in
+    ``scope["fastapi"]["effective_route_context"]``; ``scope["route"]`` has it otherwise."""
+    context = (scope.get("fastapi") or {}).get("effective_route_context")
+    template = getattr(context, "path", None) or getattr(scope.get("route"), "path", None)
+    return str(template) if template else "unmatched"
