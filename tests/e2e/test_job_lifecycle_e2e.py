@@ -1,12 +1,13 @@
-"""A job's life through the real API and a real runner (local storage, real Postgres, the
-suite's Ray): a failed job's message names no server path, an ended job is in no phase,
-and deleting an ended job removes its files."""
+"""A job through the real API and a real runner (local storage, real Postgres): a failed
+job's message names no server path (it used to show the runner's scratch file), the
+ended job is in no phase, and deleting it works. (A succeeded job's phase and progress
+are checked by tests/e2e/test_serve_restart.py, deletion of outputs by
+tests/service/test_hardening.py.)"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -14,13 +15,12 @@ from infra.storage import LocalStorage
 from infra.tenants import create_tenant_key
 from service.app import create_app
 from tests.service.helpers import bearer
-from tests.workers.helpers import make_video, worker_settings
+from tests.workers.helpers import worker_settings
 from workers.runner import Runner
 
 
-@pytest.mark.slow
-def test_failed_and_succeeded_jobs_through_api_and_runner(
-    ray_local: str, tmp_path: Path, db_url: str, session_factory: sessionmaker[Session]
+def test_failed_job_message_names_no_server_path(
+    tmp_path: Path, db_url: str, session_factory: sessionmaker[Session]
 ) -> None:
     settings = worker_settings(tmp_path, db_url, scheduler_interval_seconds=0)
     storage = LocalStorage(settings.resolved_storage_root)
@@ -52,10 +52,4 @@ def test_failed_and_succeeded_jobs_through_api_and_runner(
         for server_path in (str(tmp_path), str(settings.data_dir), "/scratch/"):
             assert server_path not in message, message
 
-        done = run(make_video(tmp_path / "clip.mp4", n_frames=6))
-        assert done["status"] == "succeeded", done
-        assert done["phase"] is None and done["progress_percent"] == 100.0
-        prefix = str(done["output_prefix"])
-        assert storage.list_keys(prefix)
-        assert client.delete(f"/v1/jobs/{done['id']}", headers=bearer(key)).status_code == 204
-        assert storage.list_keys(prefix) == []
+        assert client.delete(f"/v1/jobs/{failed['id']}", headers=bearer(key)).status_code == 204
