@@ -46,7 +46,7 @@ from codec.quant import (
 )
 from codec.rdo import BITS_PER_LOG2, rd_select
 from codec.render import RenderBackend, get_backend
-from codec.render.canonical import render_canonical
+from codec.render.canonical import render_canonical, render_canonical_u8, to_u8
 from codec.render.torch_tiles import TorchTileBackend
 
 MAX_SIDE_PX = 8192  # largest frame side the codec accepts
@@ -95,11 +95,6 @@ ProgressFn = Callable[[int, int], None]  # (frames done, frames total)
 def to_float(frame_u8: np.ndarray) -> Tensor:
     """uint8 [H, W, 3] -> float32 [H, W, 3] in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(frame_u8)).to(torch.float32) / 255.0
-
-
-def to_u8(image: Tensor) -> np.ndarray:
-    """float32 [H, W, 3] (any range) -> uint8 [H, W, 3], rounding to nearest."""
-    return (image.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
 
 
 def check_frames(frames: np.ndarray) -> tuple[int, int, int]:
@@ -435,9 +430,13 @@ def decode_gop(payload: bytes) -> np.ndarray:
             f"GOP header flags 0x{header.flags:02x} use features this decoder does not know; "
             "a newer splatpack wrote this file"
         )
-    render = (
-        render_canonical if header.flags & RENDER_CANONICAL else TorchTileBackend().render_nograd
-    )
+    legacy = TorchTileBackend()
+
+    def render(g: Gaussians) -> np.ndarray:
+        if header.flags & RENDER_CANONICAL:
+            return render_canonical_u8(g, h, w)
+        return to_u8(legacy.render_nograd(g, h, w))
+
     out = np.empty((t_count, h, w, 3), dtype=np.uint8)
     state: QGaussians | None = None
     ctx: np.ndarray | None = None
@@ -455,5 +454,5 @@ def decode_gop(payload: bytes) -> np.ndarray:
             new_state = decode_inter(data, state, grid, ctx, models)
             ctx = _touched(state, new_state)
             state = new_state
-        out[t] = to_u8(render(dequantize(state, grid), h, w))
+        out[t] = render(dequantize(state, grid))
     return out

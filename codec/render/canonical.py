@@ -19,6 +19,7 @@ reference and the fallback where the extension cannot be built.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,7 +27,7 @@ from codec.gaussians import Gaussians, conic
 from codec.render.base import TILE
 from codec.render.torch_tiles import _check_size, _tile_pairs, pixel_boxes
 
-__all__ = ["det_exp", "render_canonical", "render_canonical_torch"]
+__all__ = ["det_exp", "render_canonical", "render_canonical_torch", "render_canonical_u8", "to_u8"]
 
 _F32 = torch.float32
 
@@ -104,6 +105,19 @@ def render_canonical_torch(g: Gaussians, height: int, width: int) -> Tensor:
         return img[:height, :width].contiguous()
 
 
+def to_u8(image: Tensor) -> np.ndarray:
+    """float32 [H, W, 3] (any range) -> uint8 [H, W, 3]: round-half-even(clamp(v, 0, 1) * 255)."""
+    return (image.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
+
+
+def _drawable(g: Gaussians, height: int, width: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The kernel's inputs: xy [M, 2], conic [M, 3], rgb [M, 3] float32 and box int64 [M, 4]."""
+    _check_size(height, width)
+    g = g.detach().to("cpu")
+    idx, box = pixel_boxes(g, height, width)
+    return g.xy_px[idx].to(_F32), conic(g.chol[idx]).to(_F32), g.rgb[idx].to(_F32), box
+
+
 def render_canonical(g: Gaussians, height: int, width: int) -> Tensor:
     """Canonical render, float32 [H, W, 3] on the CPU: the C++ kernel when built, else PyTorch."""
     from codec.render import cpu_ext
@@ -111,12 +125,18 @@ def render_canonical(g: Gaussians, height: int, width: int) -> Tensor:
     ext = cpu_ext.load()
     if ext is None:
         return render_canonical_torch(g, height, width)
-    _check_size(height, width)
     with torch.no_grad():
-        g = g.detach().to("cpu")
-        idx, box = pixel_boxes(g, height, width)
-        abc = conic(g.chol[idx]).to(_F32)
-        out: Tensor = ext.render_forward(
-            g.xy_px[idx].to(_F32), abc, g.rgb[idx].to(_F32), box, height, width, False
-        )[0]
+        out: Tensor = ext.render_forward(*_drawable(g, height, width), height, width, False)[0]
         return out
+
+
+def render_canonical_u8(g: Gaussians, height: int, width: int) -> np.ndarray:
+    """The decoder's output, uint8 [H, W, 3]: ``to_u8(render_canonical(g))`` in one pass."""
+    from codec.render import cpu_ext
+
+    ext = cpu_ext.load()
+    if ext is None:
+        return to_u8(render_canonical_torch(g, height, width))
+    with torch.no_grad():
+        out: Tensor = ext.render_forward_u8(*_drawable(g, height, width), height, width)
+        return out.numpy()

@@ -16,7 +16,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <cstring>
 #include <vector>
 
@@ -129,7 +131,14 @@ inline void row_weights(const Cols& q, float dy, float t3, float* w) {
   }
 }
 
-void forward_tiles(const Params& p, const Bins& b, int64_t height, int64_t width, float* out) {
+// 8-bit output as codec.gop.to_u8 computes it: round-half-even(clamp(v, 0, 1) * 255).
+inline uint8_t to_u8(float v) {
+  const float c = std::min(std::max(v, 0.0f), 1.0f) * 255.0f;
+  return static_cast<uint8_t>(std::nearbyint(c));
+}
+
+template <typename Out>
+void forward_tiles(const Params& p, const Bins& b, int64_t height, int64_t width, Out* out) {
   const int64_t n_tiles = b.tiles_x * b.tiles_y;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
   for (int64_t t = 0; t < n_tiles; ++t) {
@@ -164,11 +173,16 @@ void forward_tiles(const Params& p, const Bins& b, int64_t height, int64_t width
     const int64_t ye = std::min<int64_t>(TILE, height - ty * TILE);
     const int64_t xe = std::min<int64_t>(TILE, width - tx * TILE);
     for (int64_t yy = 0; yy < ye; ++yy) {
-      float* row = out + ((ty * TILE + yy) * width + tx * TILE) * 3;
+      Out* row = out + ((ty * TILE + yy) * width + tx * TILE) * 3;
       for (int64_t xx = 0; xx < xe; ++xx) {
-        row[3 * xx] = acc[0][yy * TILE + xx];
-        row[3 * xx + 1] = acc[1][yy * TILE + xx];
-        row[3 * xx + 2] = acc[2][yy * TILE + xx];
+        for (int ch = 0; ch < 3; ++ch) {
+          const float v = acc[ch][yy * TILE + xx];
+          if constexpr (std::is_same_v<Out, uint8_t>) {
+            row[3 * xx + ch] = to_u8(v);
+          } else {
+            row[3 * xx + ch] = v;
+          }
+        }
       }
     }
   }
@@ -212,6 +226,23 @@ std::vector<at::Tensor> render_forward(at::Tensor xy, at::Tensor abc, at::Tensor
   if (!b.ids.empty())
     std::memcpy(ids.data_ptr<int32_t>(), b.ids.data(), b.ids.size() * sizeof(int32_t));
   return {out, start, ids};
+}
+
+// The canonical render as uint8 [H, W, 3] (the decoder's output), without a float image.
+at::Tensor render_forward_u8(at::Tensor xy, at::Tensor abc, at::Tensor rgb, at::Tensor box,
+                             int64_t height, int64_t width) {
+  check_inputs(xy, abc, rgb, box);
+  TORCH_CHECK(height > 0 && width > 0, "frame size must be positive");
+  xy = xy.contiguous();
+  abc = abc.contiguous();
+  rgb = rgb.contiguous();
+  box = box.contiguous();
+  Bins b = bin_tiles(box.data_ptr<int64_t>(), xy.size(0), height, width);
+  at::Tensor out = at::empty({height, width, 3}, at::TensorOptions().dtype(at::kByte));
+  Params p{xy.data_ptr<float>(), abc.data_ptr<float>(), rgb.data_ptr<float>(),
+           box.data_ptr<int64_t>()};
+  forward_tiles(p, b, height, width, out.data_ptr<uint8_t>());
+  return out;
 }
 
 // Gradients (xy [M, 2], abc [M, 3], rgb [M, 3]) of sum(grad_img * image). Per (gaussian, tile)
@@ -322,5 +353,6 @@ std::vector<at::Tensor> render_backward(at::Tensor xy, at::Tensor abc, at::Tenso
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("render_forward", &render_forward, "fused tile render (CPU)");
+  m.def("render_forward_u8", &render_forward_u8, "fused tile render to uint8 (CPU)");
   m.def("render_backward", &render_backward, "fused tile render backward (CPU)");
 }
