@@ -21,9 +21,10 @@ export function kernelWeight(na, nb2, nc, dx, dy) {
   return h >= CUTOFF ? f(Math.exp(h)) : 0;
 }
 
-/** Per drawable Gaussian: conic (float32), pixel box and the summation key. Returns
- * {count, idx, box: Int32Array [M * 4] (x0 x1 y0 y1 inclusive), abc: Float32Array [M * 3]}. */
-export function prepare(params, n, height, width) {
+/** Per drawable Gaussian: conic (float32) and pixel box, in Python's summation order when
+ * `ordered` (else in row order). Returns {count, idx, box: Int32Array [M * 4] (x0 x1 y0 y1
+ * inclusive), abc: Float32Array [M * 3]}. */
+export function prepare(params, n, height, width, ordered = true) {
   const idx = [];
   const boxes = [];
   const abcs = [];
@@ -53,13 +54,15 @@ export function prepare(params, n, height, width) {
     const y0 = Math.min(Math.max(Math.ceil(y - ry - 0.5), 0), height);
     const y1 = Math.min(Math.max(Math.floor(y + ry - 0.5), -1), height - 1);
     if (!(x0 <= x1 && y0 <= y1)) continue;
-    const bw = bucketize(x1 - x0 + 1, sizesW);
-    const bh = bucketize(y1 - y0 + 1, sizesH);
-    keys.push((bw * sizesH.length + bh) * (height * width) + y0 * width + x0);
     idx.push(i);
     boxes.push(x0, x1, y0, y1);
     abcs.push(a, b, c);
+    if (!ordered) continue;
+    const bw = bucketize(x1 - x0 + 1, sizesW);
+    const bh = bucketize(y1 - y0 + 1, sizesH);
+    keys.push((bw * sizesH.length + bh) * (height * width) + y0 * width + x0);
   }
+  if (!ordered) return { count: idx.length, idx: Int32Array.from(idx), box: Int32Array.from(boxes), abc: Float32Array.from(abcs) };
   const order = keys.map((_, k) => k).sort((p, q) => keys[p] - keys[q] || p - q);
   const m = order.length;
   const out = { count: m, idx: new Int32Array(m), box: new Int32Array(m * 4), abc: new Float32Array(m * 3) };

@@ -27,8 +27,8 @@ import contextlib
 import json
 import math
 import struct
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +194,9 @@ def _synthetic_gop(seed: int, height: int, width: int) -> bytes:
         new = state[idx].copy()
         new = (new + deltas) % (1 << bits)
         added = _random_rows(rng, n_add, g) if n_add else np.zeros((0, 8), dtype=np.int64)
-        data = ent.encode_inter(_q(state), torch.from_numpy(idx), _q(new), _q(added), g, ctx, memory)
+        data = ent.encode_inter(
+            _q(state), torch.from_numpy(idx), _q(new), _q(added), g, ctx, memory
+        )
         nxt = state.copy()
         nxt[idx] = new
         nxt = np.concatenate([nxt, added])
@@ -248,9 +250,13 @@ def _clip(t: int, height: int, width: int) -> np.ndarray:
         if i < t // 2:
             cx, cy = 8 + 2 * i, height / 2
             blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 20.0)
-            img = np.stack([xx / width, yy / height, 0.3 + 0.0 * xx], -1) * 0.6 + blob[..., None] * [0.4, 0.1, 0.6]
+            img = np.stack([xx / width, yy / height, 0.3 + 0.0 * xx], -1) * 0.6 + blob[
+                ..., None
+            ] * [0.4, 0.1, 0.6]
         else:
-            img = np.stack([0.5 + 0.5 * np.sin(xx / 3 + i), 0.5 + 0.5 * np.cos(yy / 4), 1 - xx / width], -1)
+            img = np.stack(
+                [0.5 + 0.5 * np.sin(xx / 3 + i), 0.5 + 0.5 * np.cos(yy / 4), 1 - xx / width], -1
+            )
         frames.append((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
     return np.stack(frames)
 
