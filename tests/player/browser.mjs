@@ -23,6 +23,8 @@ const seeks = args.flatMap((a, i) => (a === "--seek" ? [Number(args[i + 1])] : [
 const playMs = Number(opt("--play-ms", "1500"));
 const bench = Number(opt("--bench", "0"));
 const key = opt("--key", "");
+const sweep = opt("--sweep", ""); // e.g. 1000,10000,50000: render time of N random Gaussians
+const sweepSize = opt("--size", "720x528").split("x").map(Number);
 mkdirSync(outDir, { recursive: true });
 
 const browser = await chromium.launch({
@@ -43,7 +45,8 @@ try {
   await page.goto(pageUrl);
   await page.waitForFunction(() => window.gsvPlayerReady === true, null, { timeout: 60000 });
   result.error = await page.evaluate(() => window.gsvPlayerError || null);
-  if (!result.error) {
+  const hasFile = await page.evaluate(() => !!window.gsvPlayer.file);
+  if (!result.error && hasFile) {
     result.first = await page.evaluate(() => window.gsvPlayer.stats());
     await page.evaluate(() => window.gsvPlayer.play());
     await page.waitForTimeout(playMs);
@@ -73,6 +76,39 @@ try {
       }, bench);
     }
     result.last = await page.evaluate(() => window.gsvPlayer.stats());
+  }
+  if (sweep) {
+    result.sweep = await page.evaluate(
+      async ([counts, w, h]) => {
+        const { GlRenderer } = await import("/player/src/render_gl.js");
+        const canvas = document.createElement("canvas");
+        canvas.width = w;
+        canvas.height = h;
+        const r = new GlRenderer(canvas);
+        let seed = 1;
+        const rand = () => (seed = (seed * 16807) % 2147483647) / 2147483647;
+        const out = [];
+        for (const n of counts) {
+          // Gaussians like a fitted frame's: 1..4 px standard deviations, colours in [0, 0.3]
+          const p = new Float32Array(n * 8);
+          for (let i = 0; i < n; i++) {
+            p.set([rand() * w, rand() * h, 1 + 3 * rand(), rand() - 0.5, 1 + 3 * rand(), 0.3 * rand(), 0.3 * rand(), 0.3 * rand()], 8 * i);
+          }
+          const t0 = performance.now();
+          r.upload(p, n, h, w);
+          const t1 = performance.now();
+          const reps = 5;
+          for (let k = 0; k < reps; k++) {
+            r.draw();
+            r.finish();
+          }
+          const t2 = performance.now();
+          out.push({ gaussians: n, upload_ms: t1 - t0, draw_ms: (t2 - t1) / reps, frame_ms: t1 - t0 + (t2 - t1) / reps });
+        }
+        return out;
+      },
+      [sweep.split(",").map(Number), sweepSize[0], sweepSize[1]],
+    );
   }
 } finally {
   writeFileSync(join(outDir, "result.json"), JSON.stringify(result, null, 1));
