@@ -209,25 +209,32 @@ function nearSrc(xs, ys, n) {
 function near3Src(xs, ys, n) {
   // per row the three nearest of the 32 rows before it, nearest first, later rows first on ties
   const best = new Int32Array(3 * n).fill(-1);
-  const bd = [0, 0, 0];
   for (let i = 1; i < n; i++) {
-    bd[0] = bd[1] = bd[2] = Infinity;
-    const o = 3 * i;
-    for (let k = 1; k <= MED_WINDOW && k <= i; k++) {
-      const j = i - k;
-      const dx = xs[i] - xs[j];
-      const dy = ys[i] - ys[j];
+    let d0 = Infinity;
+    let d1 = Infinity;
+    let d2 = Infinity;
+    let j0 = -1;
+    let j1 = -1;
+    let j2 = -1;
+    const xi = xs[i];
+    const yi = ys[i];
+    const stop = i > MED_WINDOW ? i - MED_WINDOW : 0;
+    for (let j = i - 1; j >= stop; j--) {
+      const dx = xi - xs[j];
+      const dy = yi - ys[j];
       const d = dx * dx + dy * dy;
-      let pos = 0;
-      while (pos < 3 && bd[pos] <= d) pos++;
-      if (pos === 3) continue;
-      for (let s = 2; s > pos; s--) {
-        bd[s] = bd[s - 1];
-        best[o + s] = best[o + s - 1];
+      if (d >= d2) continue; // an equal distance keeps the later (already kept) rows
+      if (d < d0) {
+        d2 = d1; j2 = j1; d1 = d0; j1 = j0; d0 = d; j0 = j;
+      } else if (d < d1) {
+        d2 = d1; j2 = j1; d1 = d; j1 = j;
+      } else {
+        d2 = d; j2 = j;
       }
-      bd[pos] = d;
-      best[o + pos] = j;
     }
+    best[3 * i] = j0;
+    best[3 * i + 1] = j1;
+    best[3 * i + 2] = j2;
   }
   return best;
 }
@@ -345,16 +352,18 @@ export function decodeInter(data, prev, grid, ctx, mem) {
   const n = nPrev + m;
   const rows = new Int32Array(n * 8);
   rows.set(prev.rows);
+  const touched = new Uint8Array(n); // rows this frame changed (a non-zero difference) or added
+  touched.fill(1, nPrev);
   if (!k && !m) {
     if (body.length) throw new GsvError(`${what}: ${body.length} bytes after an empty update`);
-    return { n, rows };
+    return { n, rows, touched, idx: new Float64Array(0) };
   }
+  let idx = new Float64Array(0);
   const rd = new RangeDecoder(body, what);
   if (k) {
     const kb = nbits(nPrev);
     const kk = nbits(k);
     const mode = rd.uniform(INDEX_MODES);
-    let idx;
     if (mode === 2) {
       const picked = [];
       for (const group of ctxGroups(ctx, nPrev)) {
@@ -412,10 +421,11 @@ export function decodeInter(data, prev, grid, ctx, mem) {
       for (let i = 0; i < k; i++) {
         const at = idx[i] * 8 + c;
         rows[at] = (rows[at] + d[i]) % size;
+        if (d[i] !== 0) touched[idx[i]] = 1;
       }
     }
   }
   if (m) getSet(rd, m, grid, mem, rows, nPrev);
   finish(rd);
-  return { n, rows };
+  return { n, rows, touched, idx };
 }

@@ -131,37 +131,30 @@ export function unpackGop(payload) {
 }
 
 /** float32 Gaussian parameters [n * 8] (x y l11 l21 l22 r g b) of level rows on a grid:
- * float32(lo + q * step) in float64, or the geometric table for l11 and l22. */
-export function dequantize(rows, n, grid, out = new Float32Array(n * 8)) {
-  const { lo, step, diag } = grid;
+ * float32(lo + q * step) in float64, or the geometric table for l11 and l22. With `out`, only
+ * the rows listed in `only` and rows `from .. n - 1` are computed. */
+export function dequantize(rows, n, grid, out = null, from = 0, only = null) {
+  if (!out) {
+    out = new Float32Array(n * 8);
+    from = 0;
+    only = null;
+  }
+  const { step, lo, diag } = grid;
   const t2 = diag[2];
   const t4 = diag[4];
-  for (let i = 0; i < n; i++) {
+  const one = (i) => {
     const o = i * 8;
-    for (let c = 0; c < 8; c++) {
-      if (c === 2) out[o + c] = t2[rows[o + c]];
-      else if (c === 4) out[o + c] = t4[rows[o + c]];
-      else out[o + c] = rows[o + c] * step[c] + lo[c];
-    }
-  }
-  return out;
-}
-
-function touched(prev, next) {
-  // Uint8Array [next.n]: rows a P-frame changed (differ from prev) or added
-  const out = new Uint8Array(next.n).fill(1);
-  const a = prev.rows;
-  const b = next.rows;
-  for (let i = 0; i < prev.n; i++) {
-    let same = 1;
-    for (let c = 0; c < 8; c++) {
-      if (a[i * 8 + c] !== b[i * 8 + c]) {
-        same = 0;
-        break;
-      }
-    }
-    out[i] = same ? 0 : 1;
-  }
+    out[o] = rows[o] * step[0] + lo[0];
+    out[o + 1] = rows[o + 1] * step[1] + lo[1];
+    out[o + 2] = t2[rows[o + 2]];
+    out[o + 3] = rows[o + 3] * step[3] + lo[3];
+    out[o + 4] = t4[rows[o + 4]];
+    out[o + 5] = rows[o + 5] * step[5] + lo[5];
+    out[o + 6] = rows[o + 6] * step[6] + lo[6];
+    out[o + 7] = rows[o + 7] * step[7] + lo[7];
+  };
+  if (only) for (let k = 0; k < only.length; k++) one(only[k]);
+  for (let i = from; i < n; i++) one(i);
   return out;
 }
 
@@ -201,11 +194,16 @@ export class GopDecoder {
       this.memory = new ModelMemory();
     } else {
       const next = decodeInter(data, this.state, this.grid, this.ctx, this.memory);
-      this.ctx = touched(this.state, next);
+      this.ctx = next.touched;
+      // the previous parameters, with the changed and the added rows dequantised
+      const params = new Float32Array(next.n * 8);
+      params.set(this.params.subarray(0, this.state.n * 8));
+      this.params = dequantize(next.rows, next.n, this.grid, params, this.state.n, next.idx);
       this.state = next;
     }
     const { n, rows } = this.state;
-    const frame = { t: this.t, kind, n, rows, params: dequantize(rows, n, this.grid), bytes: data.length };
+    if (kind !== FRAME_KIND.P) this.params = dequantize(rows, n, this.grid);
+    const frame = { t: this.t, kind, n, rows, params: this.params, bytes: data.length };
     this.t += 1;
     return frame;
   }

@@ -1,19 +1,22 @@
 // Range decoder bit-compatible with constriction's queue.RangeDecoder (u32 words, u64 state,
 // 24-bit probabilities) and its Uniform and Categorical(perfect=False) models; docs/FORMAT.md 3.1.
 //
-// The u64 quantities are kept as exact doubles split in (high, low) 32-bit halves. The decoder
-// needs only `diff = point - lower (mod 2^64)` and `range`: renormalisation shifts both left by
-// 32 bits and ORs the next word into diff, which never wraps because diff < range < 2^32 there.
+// The decoder keeps only `diff = point - lower (mod 2^64)` and `range`, each as exact doubles in
+// (high, low) 32-bit halves. The quantile diff / scale is estimated in floating point and the
+// symbol confirmed with the exact test 0 <= diff - scale*left < scale*prob (a wrong estimate
+// moves by one symbol). Renormalisation shifts both left by 32 bits and ORs the next word into
+// diff, which never wraps because diff < range < 2^32 there.
 
 import { GsvError } from "./errors.js";
 
 const TWO32 = 4294967296;
-const PRECISION = 24;
-const ONE = 1 << PRECISION; // 2^24
+const ONE = 16777216; // 2^24, the probability precision
 const MAX_HI = 0xffffffff;
+const LUT_SHIFT = 12; // categorical lookup table: one entry per 2^12 quantiles (4096 entries)
 
-/** Quantised CDF of constriction's Categorical(weights, perfect=False) (float64 weights):
- * cdf[i] = floor(cum_i * (2^24 - n) / sum) + i, cdf[n] = 2^24 (every symbol keeps mass >= 1). */
+/** Quantised model of constriction's Categorical(weights, perfect=False) (float64 weights):
+ * cdf[i] = floor(cum_i * (2^24 - n) / sum) + i, cdf[n] = 2^24 (every symbol keeps mass >= 1).
+ * Returns {n, cdf: Float64Array [n + 1], lut} (lut: first symbol of each quantile bucket). */
 export function categoricalCdf(weights) {
   const n = weights.length;
   if (n < 2 || n >= ONE - 1) throw new GsvError(`categorical model with ${n} symbols`);
@@ -33,7 +36,17 @@ export function categoricalCdf(weights) {
     cum += weights[i];
   }
   cdf[n] = ONE;
-  return cdf;
+  let lut = null;
+  if (n > 8) {
+    lut = new Int32Array((ONE >>> LUT_SHIFT) + 1);
+    let s = 0;
+    for (let b = 0; b < lut.length; b++) {
+      const q = b << LUT_SHIFT;
+      while (s < n - 1 && cdf[s + 1] <= q) s++;
+      lut[b] = s;
+    }
+  }
+  return { n, cdf, lut };
 }
 
 export class RangeDecoder {
@@ -59,119 +72,112 @@ export class RangeDecoder {
     this.dL = this._next();
     this.rH = MAX_HI;
     this.rL = MAX_HI;
-    this.left = 0; // set by the model lookups
-    this.prob = 0;
-    this.pH = 0; // product scratch
-    this.pL = 0;
+    this.scale = 0;
   }
 
   _next() {
     return this.pos < this.words.length ? this.words[this.pos++] : 0;
   }
 
-  _mul(a, b) {
-    // exact a * b for a < 2^40, b <= 2^24, into (pH, pL)
-    const a1 = Math.floor(a / 65536);
-    const a0 = a - a1 * 65536;
-    const A = a1 * b; // < 2^48
-    const B = a0 * b; // < 2^40
-    let H = Math.floor(A / 65536);
-    let L = (A - H * 65536) * 65536 + B;
-    if (L >= TWO32) {
-      const c = Math.floor(L / TWO32);
-      H += c;
-      L -= c * TWO32;
-    }
-    this.pH = H;
-    this.pL = L;
-  }
-
   _invalid() {
     return new GsvError(`${this.what}: invalid range-coded data`);
   }
 
-  /** Decode one symbol; `lookup(q)` maps a quantile to a symbol and sets this.left / this.prob. */
-  _decode(lookup) {
-    const scale = this.rH * 256 + Math.floor(this.rL / ONE); // range >> 24, < 2^40
-    let q = Math.floor((this.dH * TWO32 + this.dL) / scale); // within 1 of the exact quotient
-    if (q >= ONE) {
-      // exact test of diff >= scale * 2^24
-      const sH = Math.floor(scale / 256);
-      const sL = (scale - sH * 256) * ONE;
-      if (this.dH > sH || (this.dH === sH && this.dL >= sL)) throw this._invalid();
-      q = ONE - 1;
+  /** Estimated quantile (diff / scale, exact except possibly one off); sets this.scale. */
+  _quantile() {
+    const scale = this.rH * 256 + (this.rL >>> 24); // range >> 24, < 2^40
+    this.scale = scale;
+    const q = Math.floor((this.dH * TWO32 + this.dL) / scale);
+    if (q < ONE) return q;
+    // exact test of diff >= scale * 2^24
+    const sH = Math.floor(scale / 256);
+    const sL = (scale - sH * 256) * ONE;
+    if (this.dH > sH || (this.dH === sH && this.dL >= sL)) throw this._invalid();
+    return ONE - 1;
+  }
+
+  /** Take the symbol [left, left + prob) if it holds the exact quantile: 0; else -1 (the
+   * quantile is below left) or 1 (at or above left + prob) and nothing changes. */
+  _commit(left, prob) {
+    const scale = this.scale;
+    const a1 = Math.floor(scale / 65536);
+    const a0 = scale - a1 * 65536;
+    // diff - scale * left
+    let A = a1 * left;
+    let H = Math.floor(A / 65536);
+    let L = (A - H * 65536) * 65536 + a0 * left;
+    let c = Math.floor(L / TWO32);
+    H += c;
+    L -= c * TWO32;
+    let nL = this.dL - L;
+    let nH = this.dH - H;
+    if (nL < 0) {
+      nL += TWO32;
+      nH -= 1;
     }
-    for (let tries = 0; tries < 4; tries++) {
-      const sym = lookup(q);
-      const left = this.left;
-      const prob = this.prob;
-      this._mul(scale, left);
-      let nL = this.dL - this.pL;
-      let nH = this.dH - this.pH;
-      if (nL < 0) {
-        nL += TWO32;
-        nH -= 1;
-      }
-      if (nH < 0) {
-        q = left - 1; // the exact quantile lies below this symbol
-        continue;
-      }
-      this._mul(scale, prob);
-      if (nH > this.pH || (nH === this.pH && nL >= this.pL)) {
-        q = left + prob; // ... or above it
-        if (q >= ONE) throw this._invalid();
-        continue;
-      }
+    if (nH < 0) return -1;
+    // new range = scale * prob
+    A = a1 * prob;
+    H = Math.floor(A / 65536);
+    L = (A - H * 65536) * 65536 + a0 * prob;
+    c = Math.floor(L / TWO32);
+    H += c;
+    L -= c * TWO32;
+    if (nH > H || (nH === H && nL >= L)) return 1;
+    if (H === 0) {
+      // range < 2^32: shift in the next word (diff < range, so nH is 0 here)
+      this.rH = L;
+      this.rL = 0;
+      this.dH = nL;
+      this.dL = this.pos < this.words.length ? this.words[this.pos++] : 0;
+    } else {
+      this.rH = H;
+      this.rL = L;
       this.dH = nH;
       this.dL = nL;
-      this.rH = this.pH;
-      this.rL = this.pL;
-      if (this.rH === 0) {
-        // range < 2^32: shift in the next word (diff < range, so dH is 0 here)
-        this.rH = this.rL;
-        this.rL = 0;
-        this.dH = this.dL;
-        this.dL = this._next();
-      }
-      return sym;
     }
-    throw this._invalid();
+    return 0;
   }
 
   /** One symbol of constriction's Uniform(size), 2 <= size <= 2^24. */
   uniform(size) {
     const ppb = Math.floor(ONE / size);
     const last = size - 1;
-    return this._decode((q) => {
+    let q = this._quantile();
+    for (let tries = 0; tries < 4; tries++) {
       let s = Math.floor(q / ppb);
-      if (s >= last) {
-        s = last;
-        this.left = last * ppb;
-        this.prob = ONE - this.left;
-      } else {
-        this.left = s * ppb;
-        this.prob = ppb;
-      }
-      return s;
-    });
+      if (s > last) s = last;
+      const left = s * ppb;
+      const prob = s === last ? ONE - left : ppb;
+      const r = this._commit(left, prob);
+      if (r === 0) return s;
+      q = r < 0 ? left - 1 : left + prob;
+      if (q >= ONE) throw this._invalid();
+    }
+    throw this._invalid();
   }
 
-  /** n symbols of a categorical model given by its cdf (categoricalCdf), into out (or a new array). */
-  categorical(n, cdf, out = new Int32Array(n)) {
-    const m = cdf.length - 1;
-    const lookup = (q) => {
-      let lo = 0;
-      let hi = m - 1; // largest i < m with cdf[i] <= q
-      while (lo < hi) {
-        const mid = (lo + hi + 1) >>> 1;
-        if (cdf[mid] <= q) lo = mid;
-        else hi = mid - 1;
+  /** n symbols of a categorical model (categoricalCdf), into out (or a new Int32Array). */
+  categorical(n, model, out = new Int32Array(n)) {
+    const { cdf, lut } = model;
+    const last = model.n - 1;
+    for (let i = 0; i < n; i++) {
+      let q = this._quantile();
+      let tries = 0;
+      for (;;) {
+        let s = lut ? lut[q >>> LUT_SHIFT] : 0;
+        while (s < last && cdf[s + 1] <= q) s++;
+        const left = cdf[s];
+        const prob = cdf[s + 1] - left;
+        const r = this._commit(left, prob);
+        if (r === 0) {
+          out[i] = s;
+          break;
+        }
+        q = r < 0 ? left - 1 : left + prob;
+        if (q >= ONE || ++tries > 3) throw this._invalid();
       }
-      this.left = cdf[lo];
-      this.prob = cdf[lo + 1] - cdf[lo];
-      return lo;
-    };
-    for (let i = 0; i < n; i++) out[i] = this._decode(lookup);
+    }
     return out;
   }
 
