@@ -19,7 +19,8 @@ const opt = (name, dflt) => {
   const i = args.indexOf(name);
   return i >= 0 ? args[i + 1] : dflt;
 };
-const seeks = args.flatMap((a, i) => (a === "--seek" ? [Number(args[i + 1])] : []));
+let seeks = args.flatMap((a, i) => (a === "--seek" ? [Number(args[i + 1])] : []));
+const allFrames = args.includes("--all-frames"); // seek to every frame, in order
 const playMs = Number(opt("--play-ms", "1500"));
 const bench = Number(opt("--bench", "0"));
 const key = opt("--key", "");
@@ -53,6 +54,7 @@ try {
     result.played = await page.evaluate(() => window.gsvPlayer.stats());
     await page.evaluate(() => window.gsvPlayer.pause());
     result.seeks = [];
+    if (allFrames) seeks = Array.from({ length: result.first.nFrames }, (_, f) => f);
     for (const f of seeks) {
       const shown = await page.evaluate((x) => window.gsvPlayer.seek(x), f);
       const rgb = await page.evaluate(() => Array.from(window.gsvPlayer.readFrame()));
