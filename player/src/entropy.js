@@ -331,9 +331,15 @@ export function decodeIntra(data, grid) {
 }
 
 function ctxGroups(ctx, n) {
-  const untouched = [];
-  const touched = [];
-  for (let i = 0; i < n; i++) (ctx && ctx[i] ? touched : untouched).push(i);
+  // rows the previous frame did not touch, then those it did, each ascending (Int32Array)
+  let nTouched = 0;
+  if (ctx) for (let i = 0; i < n; i++) nTouched += ctx[i];
+  const untouched = new Int32Array(n - nTouched);
+  const touched = new Int32Array(nTouched);
+  for (let i = 0, a = 0, b = 0; i < n; i++) {
+    if (ctx && ctx[i]) touched[b++] = i;
+    else untouched[a++] = i;
+  }
   return [untouched, touched];
 }
 
@@ -365,22 +371,27 @@ export function decodeInter(data, prev, grid, ctx, mem) {
     const kk = nbits(k);
     const mode = rd.uniform(INDEX_MODES);
     if (mode === 2) {
-      const picked = [];
+      const mark = new Uint8Array(nPrev);
+      let total = 0;
       for (const group of ctxGroups(ctx, nPrev)) {
         const ng = group.length;
         if (!ng) continue;
         const kg = rd.uniform(ng + 1);
-        if (kg === ng) picked.push(...group);
+        if (kg === ng) for (let i = 0; i < ng; i++) mark[group[i]] = 1;
         else if (kg) {
           const flags = rd.categorical(ng, categoricalCdf([ng - kg, kg]));
           let sum = 0;
-          for (let i = 0; i < ng; i++) sum += flags[i];
+          for (let i = 0; i < ng; i++) {
+            sum += flags[i];
+            mark[group[i]] = flags[i];
+          }
           if (sum !== kg) throw new GsvError(`${what}: a context group says ${kg} rows change, its bitmap ${sum}`);
-          for (let i = 0; i < ng; i++) if (flags[i]) picked.push(group[i]);
         }
+        total += kg;
       }
-      if (picked.length !== k) throw new GsvError(`${what}: the context bitmap has ${picked.length} changed rows, the header ${k}`);
-      idx = Int32Array.from(picked).sort();
+      if (total !== k) throw new GsvError(`${what}: the context bitmap has ${total} changed rows, the header ${k}`);
+      idx = new Float64Array(k);
+      for (let i = 0, j = 0; i < nPrev; i++) if (mark[i]) idx[j++] = i;
     } else if (mode === 1) {
       const nRuns = readBits(rd, [kk], 1, new Float64Array(1))[0] + 1;
       if (nRuns > k) throw new GsvError(`${what}: ${nRuns} runs of changed rows but only ${k} rows`);
