@@ -141,7 +141,8 @@ export class Player {
     this.playing = true;
     this.clockFrame = Math.max(0, this.frame);
     this.clockStart = performance.now();
-    this._tick();
+    this.generation = (this.generation || 0) + 1;
+    this._tick(this.generation);
   }
 
   pause() {
@@ -162,8 +163,9 @@ export class Player {
     return this.frame;
   }
 
-  async _tick() {
-    while (this.playing) {
+  async _tick(generation) {
+    // one loop per play(): a loop left waiting by pause/seek/play ends when it wakes up
+    while (this.playing && generation === this.generation) {
       const due = this.clockFrame + Math.floor(((performance.now() - this.clockStart) / 1000) * this.fps);
       if (due >= this.file.nFrames) {
         this.playing = false;
@@ -173,6 +175,7 @@ export class Player {
       if (due > this.frame) {
         const before = performance.now();
         const ok = await this.show(due);
+        if (generation !== this.generation) break;
         if (!ok) {
           // skip the damaged GOP: restart the clock at the next GOP
           const g = gopForFrame(this.file.gops, due) + 1;
