@@ -154,7 +154,7 @@ function inverse(r, c, kbits) {
   if (c.kind === "med") {
     const half = a / 2;
     const s = new Float64Array(n); // signed values
-    const src3 = c.src3;
+    const src3 = c.near3(); // computed only when a stream picks this predictor
     for (let i = 0; i < n; i++) {
       const j0 = src3[3 * i];
       const j2 = src3[3 * i + 2];
@@ -245,7 +245,7 @@ function candidates(base, src, done, c, near3) {
   if (ref !== undefined && done.has(ref)) {
     out.push({ kind: "cross", ref: done.get(ref) }, { kind: "nbcross", ref: done.get(ref), src });
   }
-  if (near3 && (c === 0 || c === 1)) out.push({ kind: "med", src3: near3 });
+  if (near3 && (c === 0 || c === 1)) out.push({ kind: "med", near3 });
   return out;
 }
 
@@ -422,7 +422,8 @@ export function decodeInter(data, prev, grid, ctx, mem) {
       xs[i] = prev.rows[idx[i] * 8];
       ys[i] = prev.rows[idx[i] * 8 + 1];
     }
-    const near3 = near3Src(xs, ys, k);
+    let near3Memo = null;
+    const near3 = () => (near3Memo ||= near3Src(xs, ys, k));
     const done = new Map();
     for (const c of [0, 1, ...INTRA_ATTRS]) {
       const kbits = grid.bits[c];
