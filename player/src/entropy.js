@@ -63,14 +63,7 @@ function logClasses(kbits, m) {
 
 /** Raw bits: values with bit counts nb[i] (0..32): low min(nb, 16) bits of all, then high bits. */
 function readBits(rd, nb, n, out) {
-  for (let i = 0; i < n; i++) {
-    const b = nb[i];
-    out[i] = b >= 1 ? rd.uniform(b >= 16 ? 65536 : 1 << b) : 0;
-  }
-  for (let i = 0; i < n; i++) {
-    if (nb[i] > 16) out[i] += rd.uniform(2 ** (nb[i] - 16)) * 65536;
-  }
-  return out;
+  return rd.bits(nb, n, out);
 }
 
 function levelsFromSymbols(sym, what) {

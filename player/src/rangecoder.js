@@ -157,28 +157,114 @@ export class RangeDecoder {
     throw this._invalid();
   }
 
-  /** n symbols of a categorical model (categoricalCdf), into out (or a new Int32Array). */
+  /** n symbols of a categorical model (categoricalCdf), into out (or a new Int32Array).
+   * The hot loop of the decoder: _quantile and _commit inlined, state in locals. */
   categorical(n, model, out = new Int32Array(n)) {
     const { cdf, lut } = model;
     const last = model.n - 1;
+    const words = this.words;
+    const nWords = words.length;
+    let { dH, dL, rH, rL, pos } = this;
     for (let i = 0; i < n; i++) {
-      let q = this._quantile();
-      let tries = 0;
-      for (;;) {
+      const scale = rH * 256 + (rL >>> 24); // range >> 24
+      let q = Math.floor((dH * TWO32 + dL) / scale);
+      if (q >= ONE) {
+        const sH = Math.floor(scale / 256);
+        const sL = (scale - sH * 256) * ONE;
+        if (dH > sH || (dH === sH && dL >= sL)) throw this._invalid();
+        q = ONE - 1;
+      }
+      const a1 = Math.floor(scale / 65536);
+      const a0 = scale - a1 * 65536;
+      for (let tries = 0; ; tries++) {
+        if (tries > 3) throw this._invalid();
         let s = lut ? lut[q >>> LUT_SHIFT] : 0;
         while (s < last && cdf[s + 1] <= q) s++;
         const left = cdf[s];
         const prob = cdf[s + 1] - left;
-        const r = this._commit(left, prob);
-        if (r === 0) {
-          out[i] = s;
-          break;
+        // diff - scale * left, exactly
+        let A = a1 * left;
+        let H = Math.floor(A / 65536);
+        let L = (A - H * 65536) * 65536 + a0 * left;
+        let c = Math.floor(L / TWO32);
+        H += c;
+        L -= c * TWO32;
+        let nL = dL - L;
+        let nH = dH - H;
+        if (nL < 0) {
+          nL += TWO32;
+          nH -= 1;
         }
-        q = r < 0 ? left - 1 : left + prob;
-        if (q >= ONE || ++tries > 3) throw this._invalid();
+        if (nH < 0) {
+          q = left - 1;
+          continue;
+        }
+        // scale * prob, the new range
+        A = a1 * prob;
+        H = Math.floor(A / 65536);
+        L = (A - H * 65536) * 65536 + a0 * prob;
+        c = Math.floor(L / TWO32);
+        H += c;
+        L -= c * TWO32;
+        if (nH > H || (nH === H && nL >= L)) {
+          q = left + prob;
+          if (q >= ONE) throw this._invalid();
+          continue;
+        }
+        if (H === 0) {
+          rH = L;
+          rL = 0;
+          dH = nL;
+          dL = pos < nWords ? words[pos++] : 0;
+        } else {
+          rH = H;
+          rL = L;
+          dH = nH;
+          dL = nL;
+        }
+        out[i] = s;
+        break;
       }
     }
+    this.dH = dH;
+    this.dL = dL;
+    this.rH = rH;
+    this.rL = rL;
+    this.pos = pos;
     return out;
+  }
+
+  /** BITS(nb) (FORMAT.md 3.1): values with bit counts nb[i] (0..32) into out (Float64Array):
+   * the low min(nb, 16) bits of every value as U(2^bits), then the high bits of the wider ones. */
+  bits(nb, n, out) {
+    for (let i = 0; i < n; i++) out[i] = nb[i] >= 1 ? this._pow2(nb[i] > 16 ? 16 : nb[i]) : 0;
+    for (let i = 0; i < n; i++) if (nb[i] > 16) out[i] += this._pow2(nb[i] - 16) * 65536;
+    return out;
+  }
+
+  /** One symbol of U(2^b), 1 <= b <= 16, inlined (the extra bits of every histogram stream). */
+  _pow2(b) {
+    const ppb = ONE / 2 ** b; // exact: 2^(24 - b)
+    const last = 2 ** b - 1;
+    const scale = this.rH * 256 + (this.rL >>> 24);
+    let q = Math.floor((this.dH * TWO32 + this.dL) / scale);
+    if (q >= ONE) {
+      const sH = Math.floor(scale / 256);
+      const sL = (scale - sH * 256) * ONE;
+      if (this.dH > sH || (this.dH === sH && this.dL >= sL)) throw this._invalid();
+      q = ONE - 1;
+    }
+    this.scale = scale;
+    for (let tries = 0; tries < 4; tries++) {
+      let s = Math.floor(q / ppb);
+      if (s > last) s = last;
+      const left = s * ppb;
+      const r = this._commit(left, ppb); // all bins equal: 2^24 is a multiple of 2^b
+      if (r === 0) return s;
+      q = r < 0 ? left - 1 : left + ppb;
+      if (q >= ONE) throw this._invalid();
+    }
+    throw this._invalid();
   }
 
   /** constriction's maybe_exhausted(): no words left and point - lower < 2^33 - 1. */
