@@ -36,7 +36,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-SWEEP = "1000,2000,5000,10000,20000,40000,80000"
+SWEEP = "100,250,500,1000,2000,5000,10000,20000"
 
 
 def main(argv: list[str] | None = None) -> int:
