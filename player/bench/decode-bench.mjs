@@ -50,7 +50,7 @@ for (let k = 0; k < renderFrames; k++) {
   const f = dec.next();
   if (!f) break;
   const t0 = process.hrtime.bigint();
-  renderFrame(f.params, f.n, height, width);
+  renderFrame(f.params, f.n, height, width, f.canonical);
   renderMs.push(Number(process.hrtime.bigint() - t0) / 1e6);
 }
 console.log(

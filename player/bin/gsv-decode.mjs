@@ -47,7 +47,7 @@ try {
       throw new GsvError(`GOP ${g} is ${dec.width}x${dec.height}, the stream ${width}x${height}`);
     }
     for (let fr = dec.next(); fr; fr = dec.next()) {
-      writeSync(out, y4mFrame(renderFrame(fr.params, fr.n, height, width), height, width));
+      writeSync(out, y4mFrame(renderFrame(fr.params, fr.n, height, width, fr.canonical), height, width));
       if (params) {
         writeSync(params, new Uint8Array(new Uint32Array([fr.n]).buffer));
         writeSync(params, new Uint8Array(fr.params.buffer, fr.params.byteOffset, fr.params.byteLength));

@@ -15,6 +15,8 @@ const MIN_CHOL_DIAG = 0.25;
 const MAX_RATIO = 16;
 const MAX_LOG_DIAG = Math.log(1e6);
 export const FRAME_KIND = { I: 0, P: 1, I_NEW_GRID: 2 };
+export const RENDER_CANONICAL = 0x01; // GOP header flag: the canonical render (FORMAT.md section 4)
+const KNOWN_GOP_FLAGS = RENDER_CANONICAL;
 
 /** A 60-byte quantisation grid, validated like QuantGrid.problem(). */
 export function parseGrid(bytes) {
@@ -168,6 +170,10 @@ export class GopDecoder {
     if (h.nFrames * h.height * h.width * 3 > MAX_DECODE_BYTES) {
       throw new GsvError(`GOP would decode to ${h.nFrames * h.height * h.width * 3} bytes, over the ${MAX_DECODE_BYTES} limit`);
     }
+    if (h.flags & ~KNOWN_GOP_FLAGS) {
+      throw new GsvError(`GOP header flags 0x${h.flags.toString(16).padStart(2, "0")} use features this decoder does not know; a newer splatpack wrote this file`);
+    }
+    this.canonical = (h.flags & RENDER_CANONICAL) !== 0; // which render the GOP's pixels are
     this.height = h.height;
     this.width = h.width;
     this.nFrames = h.nFrames;
@@ -203,7 +209,7 @@ export class GopDecoder {
     }
     const { n, rows } = this.state;
     if (kind !== FRAME_KIND.P) this.params = dequantize(rows, n, this.grid);
-    const frame = { t: this.t, kind, n, rows, params: this.params, bytes: data.length };
+    const frame = { t: this.t, kind, n, rows, params: this.params, bytes: data.length, canonical: this.canonical };
     this.t += 1;
     return frame;
   }

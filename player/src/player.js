@@ -126,7 +126,7 @@ export class Player {
     const fr = this.decoder.last;
     const { width, height } = this.file.header;
     const t0 = performance.now();
-    this.renderer.upload(fr.params, fr.n, height, width);
+    this.renderer.upload(fr.params, fr.n, height, width, fr.canonical);
     this.renderer.draw();
     this.renderer.finish();
     this.renderMs.push(performance.now() - t0);
@@ -210,6 +210,7 @@ export class Player {
       playing: this.playing,
       buffering: this.buffering,
       renderer: this.renderer.name,
+      canonical: fr ? fr.canonical : null,
       fallbackReason: this.fallbackReason,
       gaussians: fr ? fr.n : 0,
       frameBytes: fr ? fr.bytes : 0,

@@ -1,4 +1,6 @@
-// CPU reference renderer with the math of codec/render/torch_tiles.py (the Python decoder's):
+// CPU reference renderer with the math of the Python decoder: the canonical render
+// (codec/render/canonical.py, GOPs with the RENDER_CANONICAL flag: bit for bit) and the legacy
+// one of codec/render/torch_tiles.py (older GOPs), described here:
 // float32 conic, the 3-sigma pixel box in float64, the truncated kernel exp(-m/2) for m <= 9,
 // float32 sums per pixel, clamp to [0, 1], x255, round half to even. docs/FORMAT.md section 4.
 //
@@ -12,13 +14,43 @@ const REL_MARGIN = 1 + 1e-3;
 const ABS_MARGIN = 1e-2;
 const CUTOFF = -4.5; // -SIGMA_CUTOFF_SQ / 2
 
-/** The kernel of today's GOP formats: weight of a Gaussian at pixel offset (dx, dy) given its
- * conic pre-scaled by -1/2 (na = -a/2, nb2 = 2 * (-b/2), nc = -c/2), all float32; 0 beyond 3 sigma.
- * One function so a future format (e.g. a polynomial exp) can switch it per version. */
-export function kernelWeight(na, nb2, nc, dx, dy) {
+/** The legacy kernel (GOPs without RENDER_CANONICAL, FORMAT.md section 4): weight of a Gaussian
+ * at pixel offset (dx, dy) given its conic pre-scaled by -1/2 (na = -a/2, nb2 = 2 * (-b/2),
+ * nc = -c/2), all float32; the platform exp; 0 beyond 3 sigma. */
+export function kernelLegacy(na, nb2, nc, dx, dy) {
   let h = f(f(f(na * dx) * dx) + f(f(nb2 * dx) * dy));
   h = f(h + f(f(nc * dy) * dy));
   return h >= CUTOFF ? f(Math.exp(h)) : 0;
+}
+
+const LOG2E = f(1.44269504088896341);
+const SHIFTER = 12582912; // 1.5 * 2^23: (t + S) - S rounds t to an integer (ties to even)
+const LN2_HI = f(0.693145751953125);
+const LN2_LO = f(1.42860682030941723e-6);
+const POLY = [1 / 720, 1 / 120, 1 / 24, 1 / 6, 0.5, 1, 1].map(f);
+
+/** det_exp of codec/render/canonical.py: exp by float32 range reduction and a degree-6
+ * polynomial, every operation rounded to float32 (no libm), bit-identical to Python's. */
+export function detExp(h) {
+  const hc = h < -5 ? -5 : h;
+  const n = f(f(f(hc * LOG2E) + SHIFTER) - SHIFTER);
+  let r = f(hc - f(n * LN2_HI));
+  r = f(r - f(n * LN2_LO));
+  let p = POLY[0];
+  for (let k = 1; k < 7; k++) p = f(f(p * r) + POLY[k]);
+  return f(p * 2 ** n);
+}
+
+/** The canonical kernel (RENDER_CANONICAL GOPs): as kernelLegacy with det_exp. */
+export function kernelCanonical(na, nb2, nc, dx, dy) {
+  let h = f(f(f(na * dx) * dx) + f(f(nb2 * dx) * dy));
+  h = f(h + f(f(nc * dy) * dy));
+  return h >= CUTOFF ? detExp(h) : 0;
+}
+
+/** The kernel a GOP's flags ask for: one place to add a future format's. */
+export function kernelFor(canonical) {
+  return canonical ? kernelCanonical : kernelLegacy;
 }
 
 /** Per drawable Gaussian: conic (float32) and pixel box, in Python's summation order when
@@ -94,9 +126,11 @@ function bucketize(v, sizes) {
   return i;
 }
 
-/** Float32 RGB sums [height * width * 3] of n Gaussians (params [n * 8]). */
-export function accumulate(params, n, height, width) {
-  const p = prepare(params, n, height, width);
+/** Float32 RGB sums [height * width * 3] of n Gaussians (params [n * 8]): the canonical render
+ * (ascending Gaussian order, det_exp) or the legacy one (the Python patch plan's order, exp). */
+export function accumulate(params, n, height, width, canonical = false) {
+  const p = prepare(params, n, height, width, !canonical);
+  const kernel = kernelFor(canonical);
   const acc = new Float32Array(height * width * 3);
   for (let j = 0; j < p.count; j++) {
     const o = p.idx[j] * 8;
@@ -112,7 +146,7 @@ export function accumulate(params, n, height, width) {
     for (let row = y0; row <= y1; row++) {
       const dy = f(row + 0.5 - y);
       for (let col = x0; col <= x1; col++) {
-        const w = kernelWeight(na, nb2, nc, f(col + 0.5 - x), dy);
+        const w = kernel(na, nb2, nc, f(col + 0.5 - x), dy);
         if (w === 0) continue;
         const at = (row * width + col) * 3;
         acc[at] += f(w * r);
@@ -133,8 +167,8 @@ export function toByte(v) {
 }
 
 /** uint8 RGB [height * width * 3] of a frame's Gaussians. */
-export function renderFrame(params, n, height, width) {
-  const acc = accumulate(params, n, height, width);
+export function renderFrame(params, n, height, width, canonical = false) {
+  const acc = accumulate(params, n, height, width, canonical);
   const out = new Uint8Array(acc.length);
   for (let i = 0; i < acc.length; i++) out[i] = toByte(acc[i]);
   return out;

@@ -9,7 +9,9 @@ import { prepare } from "./render_cpu.js";
 
 export class GlUnavailable extends Error {}
 
-// The kernel of today's GOP formats (render_cpu.js kernelWeight, FORMAT.md 5.3).
+// The kernels of render_cpu.js (kernelLegacy / kernelCanonical, FORMAT.md section 4): u_canonical
+// picks det_exp (RENDER_CANONICAL GOPs) or the GPU's exp. GPU float arithmetic may fuse or round
+// differently and blending adds in any order, so this is within 45 dB, not bit for bit.
 const SPLAT_VS = `#version 300 es
 precision highp float;
 layout(location = 0) in vec2 a_centre;   // frame px
@@ -36,14 +38,29 @@ in vec3 v_conic;
 in vec3 v_rgb;
 uniform vec2 u_scale;      // canvas px per frame px
 uniform float u_height;    // canvas height in px
+uniform bool u_canonical;  // det_exp (canonical render) instead of exp
 out vec4 o_sum;
+float det_exp(float h) {
+  float hc = max(h, -5.0);
+  float n = roundEven(hc * 1.44269504088896341);  // the CPU's shifter trick: nearest, ties to even
+  float r = hc - n * 0.693145751953125;
+  r = r - n * 1.42860682030941723e-06;
+  float p = 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  return p * exp2(n);
+}
 void main() {
   vec2 pix = vec2(gl_FragCoord.x, u_height - gl_FragCoord.y) / u_scale;  // frame coordinates
   vec2 d = pix - v_centre;
   float h = (v_conic.x * d.x) * d.x + (v_conic.y * d.x) * d.y;
   h = h + (v_conic.z * d.y) * d.y;
   if (h < -4.5) discard;   // beyond 3 sigma
-  o_sum = vec4(v_rgb * exp(h), 1.0);
+  o_sum = vec4(v_rgb * (u_canonical ? det_exp(h) : exp(h)), 1.0);
 }`;
 
 const RESOLVE_VS = `#version 300 es
@@ -121,7 +138,8 @@ export class GlRenderer {
   }
 
   /** Upload a frame's Gaussians (params [n * 8] of a width x height frame). */
-  upload(params, n, height, width) {
+  upload(params, n, height, width, canonical = false) {
+    this.canonical = canonical;
     const p = prepare(params, n, height, width, false);
     const data = new Float32Array(p.count * 12);
     for (let j = 0; j < p.count; j++) {
@@ -164,6 +182,7 @@ export class GlRenderer {
     gl.uniform2f(gl.getUniformLocation(this.splat, "u_frame"), this.frame[0], this.frame[1]);
     gl.uniform2f(gl.getUniformLocation(this.splat, "u_scale"), cw / this.frame[0], ch / this.frame[1]);
     gl.uniform1f(gl.getUniformLocation(this.splat, "u_height"), ch);
+    gl.uniform1i(gl.getUniformLocation(this.splat, "u_canonical"), this.canonical ? 1 : 0);
     gl.bindVertexArray(this.vao);
     gl.drawArraysInstanced(gl.TRIANGLE_STRIP, 0, 4, this.count);
     gl.bindVertexArray(null);
@@ -213,8 +232,8 @@ export class CpuCanvasRenderer {
     this.renderFrame = renderFrame;
     this.img = null;
   }
-  upload(params, n, height, width) {
-    this.img = { rgb: this.renderFrame(params, n, height, width), width, height };
+  upload(params, n, height, width, canonical = false) {
+    this.img = { rgb: this.renderFrame(params, n, height, width, canonical), width, height };
   }
   draw() {
     const { rgb, width, height } = this.img;

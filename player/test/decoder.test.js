@@ -13,7 +13,8 @@ import { GopDecoder } from "../src/gop.js";
 import { renderFrame } from "../src/render_cpu.js";
 
 const FIXTURES = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "tests", "player", "fixtures");
-const NAMES = ["synthetic", "encoded"];
+// legacy render (GOP flags 0) and canonical render (RENDER_CANONICAL) fixtures
+const NAMES = ["synthetic", "synthetic_canonical", "encoded", "encoded_canonical"];
 
 function load(name) {
   const read = (ext) => new Uint8Array(readFileSync(join(FIXTURES, `${name}${ext}`)));
@@ -62,19 +63,28 @@ for (const name of NAMES) {
     const size = w * h * 3;
     let differing = 0;
     frames.forEach((fr, t) => {
-      const img = renderFrame(fr.params, fr.n, h, w);
+      const img = renderFrame(fr.params, fr.n, h, w, fr.canonical);
       const want = fx.frames.subarray(t * size, (t + 1) * size);
       const p = psnr(img, want);
       assert.ok(p >= 45, `frame ${t}: ${p.toFixed(2)} dB`);
       for (let i = 0; i < size; i++) if (img[i] !== want[i]) differing++;
     });
-    // same float32 operations in the same order: only exp's last bit may differ
-    assert.ok(differing <= frames.length * size * 1e-3, `${differing} differing samples`);
+    if (fx.facts.render.includes("canonical")) {
+      // the canonical render is defined to the bit: det_exp, float32, ascending Gaussian order
+      assert.equal(differing, 0, `${differing} samples differ from the canonical render`);
+    } else {
+      // same float32 operations in the same order: only exp's last bit may differ
+      assert.ok(differing <= frames.length * size * 1e-3, `${differing} differing samples`);
+    }
   });
 }
 
-test("the fixtures cover every stream mode, predictor, index mode and frame kind", () => {
-  const facts = load("synthetic").facts;
+test("the fixtures cover every stream mode, predictor, index mode, frame kind and render", () => {
+  assert.deepEqual(load("synthetic").facts.render, ["legacy"]);
+  assert.deepEqual(load("encoded").facts.render, ["legacy"]);
+  assert.deepEqual(load("synthetic_canonical").facts.render, ["canonical"]);
+  assert.deepEqual(load("encoded_canonical").facts.render, ["canonical"]);
+  const facts = load("synthetic_canonical").facts;
   assert.deepEqual(facts.modes, Array.from({ length: 18 }, (_, i) => i));
   assert.deepEqual(facts.predictors, ["cross", "id", "med", "nb", "nbcross", "zz"]);
   assert.deepEqual(facts.index_modes, ["context", "gaps", "runs"]);
@@ -145,6 +155,12 @@ test("damaged GOP payloads with a valid CRC decode or fail cleanly, and fast", (
     }
     assert.ok(errors > trials / 4, `${name}: only ${errors} of ${trials} damaged GOPs were refused`);
   }
+});
+
+test("a GOP with header flags this decoder does not know is refused", () => {
+  const payload = new GsvFile(load("encoded_canonical").gsv).readGop(0).slice();
+  payload[5] |= 0x02; // GOP flags byte
+  assert.throws(() => new GopDecoder(payload), /flags 0x03 use features this decoder does not know/);
 });
 
 test("a file that is not a .gsv says so", () => {

@@ -10,12 +10,15 @@ Each fixture ``NAME`` is four files in ``tests/player/fixtures/``:
 - ``NAME.json``: size, frame count and which stream modes, predictors, index modes and frame kinds
   the Python decoder met while decoding it (the coverage the tests assert).
 
-``synthetic``: hand-made levels coded with ``codec.entropy``'s own encoder, every symbol stream's
+``synthetic`` (legacy render, GOP flags 0) and ``synthetic_canonical`` (RENDER_CANONICAL):
+hand-made levels coded with ``codec.entropy``'s own encoder, every symbol stream's
 (predictor, model) choice forced round-robin through the options the format has (the encoder
 would only ever pick the cheapest), so every mode 0..17, every predictor, the three ways to send
 changed rows, I, P, scene-cut I (kind 2), skipped frames (K = M = 0), an empty I-frame, 32-bit
 Morton codes, refined grids, odd frame sizes and chunks out of GOP order all occur.
-``encoded``: a real encode (fitting, RD choices, a detected scene cut) of a tiny synthetic clip.
+``encoded_canonical``: a real encode (fitting, RD choices, a detected scene cut) of a tiny
+synthetic clip by today's encoder; ``encoded``: the same by the encoder before the canonical render
+existed, frozen (a format's fixture stays: files keep playing).
 
 Regenerate with ``.venv/bin/python -m tests.player.fixtures`` (the tests check that the committed
 expectations are still what the Python decoder produces).
@@ -27,7 +30,7 @@ import contextlib
 import json
 import math
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,7 @@ import codec.entropy as ent
 from codec.bitstream import FrameKind, GopHeader, pack_gop
 from codec.config import CodecConfig
 from codec.container import ContainerReader, ContainerWriter, StreamHeader
-from codec.gop import decode_gop, encode_gop
+from codec.gop import RENDER_CANONICAL, decode_gop, encode_gop
 from codec.quant import GRID_NBYTES, QGaussians, QuantGrid, dequantize
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures"
@@ -177,7 +180,7 @@ def _q(rows: np.ndarray) -> QGaussians:
     return QGaussians.from_rows(torch.from_numpy(rows.astype(np.int64)))
 
 
-def _synthetic_gop(seed: int, height: int, width: int) -> bytes:
+def _synthetic_gop(seed: int, height: int, width: int, flags: int) -> bytes:
     """One GOP of 12 frames going through every record kind and changed-row coding."""
     rng = np.random.default_rng(seed)
     grid = _grid(xy_bits=10, xr=1, ar=1, seed=seed)
@@ -229,13 +232,13 @@ def _synthetic_gop(seed: int, height: int, width: int) -> bytes:
     frames.append((FrameKind.I, ent.encode_intra(_q(state), grid)))
     p_frame(np.zeros(0, dtype=np.int64), np.zeros((0, 8), dtype=np.int64), 40, grid)
     first = _grid(xy_bits=10, xr=1, ar=1, seed=seed)
-    return pack_gop(GopHeader(height, width, len(frames), first), frames)
+    return pack_gop(GopHeader(height, width, len(frames), first, flags), frames)
 
 
-def _synthetic(path: Path) -> None:
+def _synthetic(path: Path, flags: int = 0) -> None:
     height, width = 23, 37
     with forced_plans():
-        gops = [_synthetic_gop(seed, height, width) for seed in (1, 2)]
+        gops = [_synthetic_gop(seed, height, width, flags) for seed in (1, 2)]
     header = StreamHeader(width, height, 25, 1, 12, {"fixture": "synthetic"})
     with ContainerWriter(path, header) as w:
         w.add_gop(1, 12, 12, gops[1])  # chunks out of GOP order
@@ -283,11 +286,13 @@ def expected(path: Path) -> tuple[bytes, np.ndarray, dict[str, Any]]:
     params = bytearray()
     frames = []
     kinds: set[str] = set()
+    flags: set[int] = set()
     with coverage() as seen, ContainerReader(path) as reader:
         for e in reader.gops:
             payload = reader.read_gop(e.index)
             frames.append(decode_gop(payload))
             head, coded = unpack_gop(payload)
+            flags.add(head.flags)
             grid, state, ctx, memory = head.grid, None, None, ent.ModelMemory()
             for kind, data in coded:
                 if kind == FrameKind.I:
@@ -313,6 +318,7 @@ def expected(path: Path) -> tuple[bytes, np.ndarray, dict[str, Any]]:
             "n_frames": reader.n_frames,
             "n_gops": len(reader.gops),
         }
+    facts["render"] = sorted({"canonical" if f & RENDER_CANONICAL else "legacy" for f in flags})
     facts["modes"] = sorted(seen["modes"])
     facts["predictors"] = sorted(seen["predictors"])
     facts["index_modes"] = sorted(seen["index"])
@@ -320,14 +326,29 @@ def expected(path: Path) -> tuple[bytes, np.ndarray, dict[str, Any]]:
     return bytes(params), np.concatenate(frames), facts
 
 
-FIXTURES = {"synthetic": _synthetic, "encoded": _encoded}
+def _synthetic_canonical(path: Path) -> None:
+    _synthetic(path, RENDER_CANONICAL)
+
+
+# name -> writer; None: a frozen file written by an earlier encoder, kept as it is (files keep
+# playing): ``encoded`` is from before the RENDER_CANONICAL flag (GOP flags 0, the legacy render;
+# its GOP header also carries the scene cut's grid, as that encoder wrote it)
+FIXTURES: dict[str, Callable[[Path], None] | None] = {
+    "synthetic": _synthetic,
+    "synthetic_canonical": _synthetic_canonical,
+    "encoded": None,
+    "encoded_canonical": _encoded,
+}
 
 
 def write_all(out: Path = FIXTURE_DIR) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, make in FIXTURES.items():
         gsv = out / f"{name}.gsv"
-        make(gsv)
+        if make is not None:
+            make(gsv)
+        elif not gsv.exists():
+            raise FileNotFoundError(f"{gsv}: a frozen fixture cannot be re-made")
         params, frames, facts = expected(gsv)
         (out / f"{name}.params.bin").write_bytes(params)
         (out / f"{name}.frames.bin").write_bytes(frames.tobytes())
