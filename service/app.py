@@ -31,6 +31,7 @@ from service.deps import Clock, utc_now
 from service.errors import install_error_handlers
 from service.metrics import HttpMetrics, make_registry
 from service.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
+from service.player_static import mount_player
 from service.routers import batches, callback_secret, health, jobs, me, schedules, uploads
 from service.routers.uploads import MULTIPART_OVERHEAD_BYTES
 from service.scheduler import run_scheduler_loop
@@ -110,4 +111,5 @@ def create_app(
     app.include_router(v1)
     app.include_router(health.router)
     app.include_router(health.router, prefix=API_PREFIX, include_in_schema=False)
+    mount_player(app)  # the browser player at /player/ (service/player_static.py)
     return app
