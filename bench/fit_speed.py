@@ -41,11 +41,19 @@ from codec.gop import GopEncodeResult, encode_gop_report
 from codec.video import iter_frames
 
 
-def _clip_arg(text: str) -> tuple[Path, int]:
-    path, _, n = text.rpartition(":")
-    if not path or not n.isdigit():
-        return Path(text), 10
-    return Path(path), int(n)
+def _clip_arg(text: str) -> tuple[Path, int, int]:
+    """``PATH[:FRAMES[:START]]`` -> (path, frames, first frame)."""
+    parts = text.split(":")
+    numbers: list[int] = []
+    while len(parts) > 1 and parts[-1].isdigit() and len(numbers) < 2:
+        numbers.insert(0, int(parts.pop()))
+    n_frames, start = (numbers + [10, 0][len(numbers) :])[:2] if numbers else (10, 0)
+    return Path(":".join(parts)), n_frames, start
+
+
+def _read(clip: Path, n_frames: int, start: int) -> np.ndarray:
+    frames = [f for _, f in zip(range(start + n_frames), iter_frames(clip), strict=False)]
+    return np.stack(frames[start:])
 
 
 def _mean(values: list[float]) -> float | None:
@@ -73,9 +81,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def run_one(clip: Path, n_frames: int, spec: str, preset: str) -> dict[str, Any]:
+def run_one(clip: Path, n_frames: int, start: int, spec: str, preset: str) -> dict[str, Any]:
     """Encode one clip under one spec in this process; the figures as a dict."""
-    frames = np.stack([f for _, f in zip(range(n_frames), iter_frames(clip), strict=False)])
+    frames = _read(clip, n_frames, start)
     overrides = parse_overrides(spec.split(","))
     overrides.pop("src", None)
     quality = int(overrides.pop("q", 5))
@@ -92,12 +100,13 @@ def run_one(clip: Path, n_frames: int, spec: str, preset: str) -> dict[str, Any]
     return {"spec": spec, "codec": where, "frames": len(frames), **row, "cpu_seconds": cpu}
 
 
-def _child(clip: Path, n_frames: int, spec: str, preset: str) -> dict[str, Any]:
+def _child(clip: Path, n_frames: int, start: int, spec: str, preset: str) -> dict[str, Any]:
     src = parse_overrides(spec.split(",")).get("src")
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = f"{src}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    cmd = [sys.executable, __file__, "--one", f"{clip}:{n_frames}", "--preset", preset, spec]
+    cmd = [sys.executable, __file__, "--one", f"{clip}:{n_frames}:{start}", "--preset", preset]
+    cmd.append(spec)
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
 
@@ -108,13 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--one", help="internal: encode this PATH:FRAMES under the one spec, print JSON"
     )
-    parser.add_argument("--clip", action="append", default=[], help="PATH[:FRAMES]")
+    parser.add_argument("--clip", action="append", default=[], help="PATH[:FRAMES[:START]]")
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--out", type=Path, default=Path("bench/results/fit_speed.json"))
     args = parser.parse_args(argv)
     if args.one:
-        clip, n_frames = _clip_arg(args.one)
-        print(json.dumps(run_one(clip, n_frames, args.specs[0], args.preset)))
+        clip, n_frames, first = _clip_arg(args.one)
+        print(json.dumps(run_one(clip, n_frames, first, args.specs[0], args.preset)))
         return 0
     report: dict[str, Any] = {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
@@ -122,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         "clips": [],
     }
     for clip_text in args.clip:
-        clip, n_frames = _clip_arg(clip_text)
+        clip, n_frames, first = _clip_arg(clip_text)
         rows: list[dict[str, Any]] = []
         for spec in args.specs:
-            row = _child(clip, n_frames, spec, args.preset)
+            row = _child(clip, n_frames, first, spec, args.preset)
             base = rows[0] if rows else row
             for key in (
                 "bpp_payload",
@@ -148,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"P {row['p_seconds_mean'] or math.nan:.2f} s / {row['p_iters_mean'] or 0:.1f} it (CPU)",
                 flush=True,
             )
-        report["clips"].append({"clip": str(clip), "frames": n_frames, "rows": rows})
+        report["clips"].append(
+            {"clip": str(clip), "frames": n_frames, "first_frame": first, "rows": rows}
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))
     return 0

@@ -500,7 +500,9 @@ class _Assembler:
         return full
 
 
-def _motion_start(rows: Gaussians, assemble: _Assembler, recon: Tensor, target: Tensor) -> Gaussians:
+def _motion_start(
+    rows: Gaussians, assemble: _Assembler, recon: Tensor, target: Tensor
+) -> Gaussians:
     """The touched ``rows`` moved by the optical flow from ``recon`` (the reference's rendering)
     to ``target``, if that renders closer to ``target`` than the unmoved rows; else ``rows``."""
     moved = warp_centres(rows, dense_flow(recon, target))
