@@ -198,9 +198,9 @@ class CodecConfig:
     fit: FitConfig = field(default_factory=FitConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     seed: int = 0
-    backend: str = (
-        "patch"  # render backend for fitting; reconstruction always uses the decoder's renderer
-    )
+    # render backend for fitting ("auto": the fused C++ "cpu" kernel on the CPU when it builds,
+    # else "patch"); reconstruction always uses the decoder's (canonical) renderer
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         _check_range("gop", self.gop, 1, 10_000)
