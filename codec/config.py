@@ -134,11 +134,15 @@ class FitConfig:
 
 
 # The speed ladder's fitting settings (BENCHMARKS.md "Encode speed: fewer iterations",
-# bench/fit_speed.py). `fast` keeps running its fits to the caps: stopping at a gain of 0.005 dB
-# per iteration cut carphone's iterations by 27% (I) and 26% (P) but cost 0.21 dB at 1.3% less
-# rate (about +3% BD-rate), more than `fast` may lose. `ultrafast` trades quality for time:
-# lower caps and stops at 0.01 dB per iteration (its cost on each clip is in BENCHMARKS.md).
-_FAST_FIT: dict[str, Any] = {}
+# bench/fit_speed.py, q4 on carphone, Megamind and box). `fast` keeps running its fits to the
+# caps: stopping at a gain of 0.005 (0.0025) dB per iteration cut CPU time to x0.78 / x0.42 /
+# x0.32 (x0.78 / x0.62 / x0.48) but lost 0.21 (0.20) dB on carphone and 0.22 (0.15) dB on box
+# at equal rate, more than `fast` may lose on any clip (Megamind gained 0.4-0.6 dB). The motion
+# warm start never hurt: +0.05 / +0.11 / +0.02 dB for +0.9 / +0.2 / -0.1% rate, so `fast` uses it.
+# `ultrafast` trades quality for time: caps of 150 / 40 iterations and stops at 0.01 dB per
+# iteration, x0.37 / x0.29 / x0.25 CPU time for -0.83 dB at -3.0% rate on carphone, +0.02 dB at
+# +0.3% on Megamind, -0.47 dB at +0.8% on box.
+_FAST_FIT: dict[str, Any] = {"pframe_motion": True}
 _ULTRAFAST_FIT: dict[str, Any] = {
     "iframe_iters": 150,
     "pframe_iters": 40,
