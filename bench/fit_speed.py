@@ -92,9 +92,9 @@ def run_one(clip: Path, n_frames: int, start: int, spec: str, preset: str) -> di
     # per-frame seconds in CPU time (the machine is shared: wall time depends on the neighbours),
     # for any codec version: codec.gop times its frames with time.perf_counter
     codec_gop.time = SimpleNamespace(perf_counter=time.process_time, process_time=time.process_time)  # type: ignore[assignment]
-    start, cpu_start = time.perf_counter(), time.process_time()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     result = encode_gop_report(frames, cfg)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     row = summarise(result, frames[..., 0].size, seconds)
     where = str(Path(codec_gop.__file__).parent)
     return {"spec": spec, "codec": where, "frames": len(frames), **row, "cpu_seconds": cpu}

@@ -435,7 +435,7 @@ def dense_flow(ref: Tensor, frame: Tensor) -> Tensor:
     h, w = int(ref.shape[0]), int(ref.shape[1])
     if min(h, w) < 16:
         return torch.zeros(h, w, 2, dtype=torch.float32, device=ref.device)
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
     flow = dis.calc(_gray_u8(ref), _gray_u8(frame), None)
     return torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32)).to(ref.device)
 

@@ -316,16 +316,16 @@ def test_fit_pframe_early_stop_and_motion_are_deterministic(fitted: FitResult) -
     ref, recon, prev = reference(fitted)
     frame = checkerboard_frame(prev, 4, 20, 12)
     c = cfg(pframe_iters=60, pframe_max_new_frac=0.2, pframe_stop_db_per_iter=0.05, stop_window=5)
-    for extra in ({}, {"pframe_motion": True}):
+    for motion in (False, True):
         runs = [
             fit_pframe(
                 ref,
                 recon,
                 frame,
-                replace(c, **extra),
+                replace(c, pframe_motion=motion),
                 DENSE,
                 generator=torch.Generator().manual_seed(0),
-            )  # type: ignore[arg-type]
+            )
             for _ in range(2)
         ]
         a, b = runs
