@@ -32,6 +32,7 @@ from codec.container import ContainerReader, ContainerWriter, StreamHeader
 from codec.errors import CodecConfigError, CodecError
 from codec.gop import decode_gop, encode_gop_report
 from codec.init import detect_face_roi, load_roi_mask
+from codec.render import resolve_backend_name
 from codec.video import VideoWriter, iter_gops, probe
 
 ProgressFn = Callable[[int, int | None], None]  # (frames done, frames total if known)
@@ -136,6 +137,9 @@ def encode_video(
     n_gops = math.ceil(total / config.gop) if total else None
     workers_given_threads = threads is not None
     workers, threads = plan_parallelism(n_gops, workers, threads, device)
+    # "auto" is resolved once, here: a worker that could not load the backend this process uses
+    # must fail, not fit with another one (and write other bytes)
+    fit_config = config.with_overrides(backend=resolve_backend_name(config.backend, device))
     header = StreamHeader(
         width=info.width,
         height=info.height,
@@ -191,13 +195,15 @@ def encode_video(
                             progress(base + done, total)
 
                     result = encode_gop_report(
-                        frames, config, roi_mask=gop_mask, progress=on_frame, device=device
+                        frames, fit_config, roi_mask=gop_mask, progress=on_frame, device=device
                     )
                     add(writer, gop_index, first, len(frames), result.payload, result.stats_dicts())
             finally:
                 torch.set_num_threads(saved_threads)
         else:
-            _encode_parallel(gops(), writer, config, device, workers, threads, add, progress, total)
+            _encode_parallel(
+                gops(), writer, fit_config, device, workers, threads, add, progress, total
+            )
     seconds = time.perf_counter() - start
     n_bytes = Path(out_path).stat().st_size
     i_sizes = [int(s["n_bytes"]) for s in stats if s["kind"] == "I"]  # type: ignore[call-overload]
