@@ -1,13 +1,28 @@
-"""Whole-video helpers that stream GOP by GOP (a long video is never held in memory)."""
+"""Whole-video helpers that stream GOP by GOP (a long video is never held in memory).
+
+:func:`encode_video` encodes the GOPs of a multi-GOP clip in parallel worker processes by
+default (``workers``: one per usable core, at most one per GOP; the cores split between them
+as torch intra-op threads). A GOP depends on nothing outside itself, so each worker runs the
+same :func:`codec.gop.encode_gop_report` a sequential encode runs and the file is the same,
+byte for byte, for the same threads per GOP. The fit's floating-point sums may be split
+differently across more intra-op threads, so the number of threads per GOP is part of what
+makes the bytes: ``threads`` fixes it (default: usable cores // workers). Workers are
+spawned (not forked: torch's thread pools do not survive a fork) and fed at most two GOPs
+each ahead of the writer, so memory stays bounded on long videos.
+"""
 
 from __future__ import annotations
 
 import itertools
+import math
+import multiprocessing
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -15,13 +30,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import torch
 
 from codec.bitstream import DEFAULT_LIMITS, DecodeLimits
 from codec.config import CodecConfig
 from codec.container import ContainerReader, ContainerWriter, Damage, StreamHeader, open_gsv
-from codec.errors import BitstreamError, CodecConfigError
+from codec.errors import BitstreamError, CodecConfigError, CodecError
 from codec.gop import encode_gop_report, iter_gop_frames
 from codec.init import detect_face_roi, load_roi_mask
+from codec.render import resolve_backend_name
 from codec.video import VideoWriter, iter_frames, probe, y4m_frame_bytes, y4m_header
 
 ProgressFn = Callable[[int, int | None], None]  # (frames done, frames total if known)
@@ -45,6 +62,13 @@ class EncodeSummary:
     p_frame_bytes_mean: float | None
     encode_seconds: float
     frames: list[dict[str, object]] = field(default_factory=list)
+    # speed: wall seconds each frame's coding took (inside its worker) and the fit iterations run
+    i_frame_seconds_mean: float = 0.0
+    p_frame_seconds_mean: float | None = None
+    i_frame_iters_mean: float = 0.0
+    p_frame_iters_mean: float | None = None
+    workers: int = 1  # processes that encoded GOPs (1: in this process)
+    threads: int = 1  # torch intra-op threads per GOP encode
 
     @property
     def encode_fps(self) -> float:
@@ -62,6 +86,48 @@ def _grouped(frames: Iterator[np.ndarray], gop: int) -> Iterator[tuple[int, np.n
         first += len(chunk)
 
 
+MAX_WORKERS = 256
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def plan_parallelism(
+    n_gops: int | None, workers: int | None, threads: int | None, device: str = "cpu"
+) -> tuple[int, int]:
+    """(worker processes, torch threads per GOP encode) for a clip of ``n_gops`` GOPs (None:
+    unknown). Defaults: one worker per usable core, at most one per GOP, one only off the CPU
+    (a GPU is not shared between processes here); threads: the cores split between workers."""
+    for name, value in (("workers", workers), ("threads", threads)):
+        if value is not None and not (isinstance(value, int) and 1 <= value <= MAX_WORKERS):
+            raise CodecConfigError(f"{name}={value!r} is out of range; use 1..{MAX_WORKERS}")
+    cores = usable_cores()
+    if workers is None:
+        workers = 1 if device != "cpu" else min(cores, n_gops if n_gops is not None else cores)
+    if n_gops is not None:
+        workers = max(1, min(workers, n_gops))
+    if threads is None:
+        threads = max(1, cores // workers)
+    return workers, threads
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _encode_gop_task(
+    frames: np.ndarray, config: CodecConfig, roi_mask: np.ndarray | None, device: str
+) -> tuple[bytes, list[dict[str, object]]]:
+    """What a worker process runs for one GOP: (payload, per-frame stats)."""
+    result = encode_gop_report(frames, config, roi_mask=roi_mask, device=device)
+    return result.payload, result.stats_dicts()
+
+
 def encode_video(
     in_path: str | Path,
     out_path: str | Path | BinaryIO,
@@ -72,12 +138,18 @@ def encode_video(
     roi: RoiSpec = None,
     progress: ProgressFn | None = None,
     device: str = "cpu",
+    workers: int | None = None,
+    threads: int | None = None,
 ) -> EncodeSummary:
     """Encode frames ``start_frame ..`` (at most ``max_frames``) of a video file into a ``.gsv``
     GOP by GOP; returns measured figures. ``out_path`` is a path (written atomically) or a
     binary stream such as stdout.
 
-    ``device`` is where the fits run ("cpu", "cuda" or "auto"; see :func:`codec.gop.encode_gop_report`)."""
+    ``device`` is where the fits run ("cpu", "cuda" or "auto"; see :func:`codec.gop.encode_gop_report`).
+    ``workers`` processes encode GOPs in parallel and ``threads`` torch threads run each GOP's
+    encode (defaults: :func:`plan_parallelism`); the file is the same for any ``workers`` at the
+    same ``threads``. With one worker the GOPs are encoded in this process, which then runs
+    ``threads`` torch threads while it encodes (only when ``threads`` is given)."""
     if max_frames is not None and max_frames < 1:
         raise CodecConfigError(f"max_frames={max_frames} must be at least 1")
     if start_frame < 0:
@@ -90,6 +162,12 @@ def encode_video(
         )
     left = None if info.n_frames is None else info.n_frames - start_frame
     total = left if max_frames is None else min(max_frames, left or max_frames)
+    n_gops = math.ceil(total / config.gop) if total else None
+    workers_given_threads = threads is not None
+    workers, threads = plan_parallelism(n_gops, workers, threads, device)
+    # "auto" is resolved once, here: a worker that could not load the backend this process uses
+    # must fail, not fit with another one (and write other bytes)
+    fit_config = config.with_overrides(backend=resolve_backend_name(config.backend, device))
     header = StreamHeader(
         width=info.width,
         height=info.height,
@@ -108,30 +186,66 @@ def encode_video(
     target = out_path if hasattr(out_path, "write") else Path(out_path)  # type: ignore[arg-type]
     end = None if max_frames is None else start_frame + max_frames
     source = itertools.islice(iter_frames(in_path, end), start_frame, None)
-    with ContainerWriter(target, header) as writer:  # type: ignore[arg-type]
+
+    def gops() -> Iterator[tuple[int, int, np.ndarray, np.ndarray | None]]:
         for gop_index, (first, frames) in enumerate(_grouped(source, config.gop)):
-            gop_mask = detect_face_roi(frames[0]) if detect_faces else file_mask
-            base = frames_done
-
-            def on_frame(done: int, _total: int, base: int = base) -> None:
-                if progress:
-                    progress(base + done, total)
-
-            result = encode_gop_report(
-                frames, config, roi_mask=gop_mask, progress=on_frame, device=device
+            yield (
+                gop_index,
+                first,
+                frames,
+                detect_face_roi(frames[0]) if detect_faces else file_mask,
             )
-            writer.add_gop(gop_index, first, len(frames), result.payload)
-            for s in result.stats_dicts():
-                s["index"] = first + int(s["index"])  # type: ignore[call-overload]
-                s["gop"] = gop_index
-                stats.append(s)
-            frames_done += len(frames)
+
+    def add(
+        writer: ContainerWriter,
+        gop_index: int,
+        first: int,
+        n: int,
+        payload: bytes,
+        gop_stats: list[dict[str, object]],
+    ) -> None:
+        nonlocal frames_done
+        writer.add_gop(gop_index, first, n, payload)
+        for s in gop_stats:
+            s["index"] = first + int(s["index"])  # type: ignore[call-overload]
+            s["gop"] = gop_index
+            stats.append(s)
+        frames_done += n
+
+    with ContainerWriter(target, header) as writer:  # type: ignore[arg-type]
+        if workers == 1:
+            saved_threads = torch.get_num_threads()
+            if workers_given_threads:
+                torch.set_num_threads(threads)
+            try:
+                for gop_index, first, frames, gop_mask in gops():
+                    base = frames_done
+
+                    def on_frame(done: int, _total: int, base: int = base) -> None:
+                        if progress:
+                            progress(base + done, total)
+
+                    result = encode_gop_report(
+                        frames, fit_config, roi_mask=gop_mask, progress=on_frame, device=device
+                    )
+                    add(writer, gop_index, first, len(frames), result.payload, result.stats_dicts())
+            finally:
+                torch.set_num_threads(saved_threads)
+        else:
+            _encode_parallel(
+                gops(), writer, fit_config, device, workers, threads, add, progress, total
+            )
         if frames_done == 0:  # leaves no output: the writer aborts
             raise CodecConfigError(f"no frames to encode from frame {start_frame} of {in_path}")
     seconds = time.perf_counter() - start
     n_bytes = writer.bytes_written
     i_sizes = [int(s["n_bytes"]) for s in stats if s["kind"] == "I"]  # type: ignore[call-overload]
     p_sizes = [int(s["n_bytes"]) for s in stats if s["kind"] == "P"]  # type: ignore[call-overload]
+
+    def mean_of(key: str, kind: str) -> float | None:
+        values = [float(s[key]) for s in stats if s["kind"] == kind]  # type: ignore[arg-type]
+        return float(np.mean(values)) if values else None
+
     return EncodeSummary(
         out_path=str(out_path) if isinstance(out_path, (str, Path)) else "-",
         width=info.width,
@@ -146,7 +260,62 @@ def encode_video(
         p_frame_bytes_mean=float(np.mean(p_sizes)) if p_sizes else None,
         encode_seconds=seconds,
         frames=stats,
+        i_frame_seconds_mean=mean_of("encode_seconds", "I") or 0.0,
+        p_frame_seconds_mean=mean_of("encode_seconds", "P"),
+        i_frame_iters_mean=mean_of("iters", "I") or 0.0,
+        p_frame_iters_mean=mean_of("iters", "P"),
+        workers=workers,
+        threads=threads,
     )
+
+
+AddFn = Callable[[ContainerWriter, int, int, int, bytes, list[dict[str, object]]], None]
+
+
+def _encode_parallel(
+    gops: Iterator[tuple[int, int, np.ndarray, np.ndarray | None]],
+    writer: ContainerWriter,
+    config: CodecConfig,
+    device: str,
+    workers: int,
+    threads: int,
+    add: AddFn,
+    progress: ProgressFn | None,
+    total: int | None,
+) -> None:
+    """Encode ``gops`` in ``workers`` spawned processes, at most 2 per worker in flight, adding
+    each to ``writer`` as it completes (the container accepts GOPs in any order)."""
+    context = multiprocessing.get_context("spawn")
+    pending: dict[Future[tuple[bytes, list[dict[str, object]]]], tuple[int, int, int]] = {}
+    done_frames = 0
+
+    def collect(block_until_below: int) -> None:
+        nonlocal done_frames
+        while len(pending) > block_until_below:
+            future = next(iter(pending))  # oldest first: the file and progress grow in order
+            gop_index, first, n = pending.pop(future)
+            payload, gop_stats = future.result()
+            add(writer, gop_index, first, n, payload, gop_stats)
+            done_frames += n
+            if progress:
+                progress(done_frames, total)
+
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
+    )
+    try:
+        for gop_index, first, frames, gop_mask in gops:
+            future = pool.submit(_encode_gop_task, frames, config, gop_mask, device)
+            pending[future] = (gop_index, first, len(frames))
+            collect(2 * workers - 1)
+        collect(0)
+    except BrokenProcessPool as exc:
+        raise CodecError(
+            "an encoder worker process died (killed, or out of memory?); nothing was written. "
+            "Retry with fewer workers (--workers 1 encodes in one process)"
+        ) from exc
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def iter_decoded(

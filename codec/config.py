@@ -20,7 +20,8 @@ from codec.errors import CodecConfigError
 InitMethod = Literal["superpixel", "random"]
 LrSchedule = Literal["plateau", "cosine"]
 QuantMode = Literal["ptq", "qat"]
-PresetName = Literal["fast", "slow"]
+PresetName = Literal["ultrafast", "fast", "slow"]
+PRESETS: tuple[str, ...] = ("ultrafast", "fast", "slow")  # the speed ladder, fastest first
 
 QUALITY_MIN, QUALITY_MAX = 1, 10
 
@@ -84,6 +85,16 @@ class FitConfig:
     pframe_new_threshold: float = (
         16.0 / 255.0
     )  # 5x5-mean residual above which a P-frame adds Gaussians
+    # Early stopping (codec/fit.py): a fit stops once its objective (the loss, best so far) fell by
+    # less than `stop_window` * this many dB over the last `stop_window` iterations, i.e. once the
+    # gain per iteration is below it; 0 = run to the iteration cap. The caps stay as upper bounds.
+    iframe_stop_db_per_iter: float = 0.0
+    pframe_stop_db_per_iter: float = 0.0
+    stop_window: int = 20  # iterations the gain is measured over (also the fewest a fit runs)
+    # P-frame motion warm start: dense optical flow (OpenCV DIS) from the decoded previous frame to
+    # the new one moves the centres of the Gaussians a P-frame optimises before its fit (encoder
+    # only: the bitstream still carries the fitted positions)
+    pframe_motion: bool = False
 
     def __post_init__(self) -> None:
         _check_range("gaussians_per_kpx", self.gaussians_per_kpx, 0.5, 1000.0)
@@ -111,12 +122,33 @@ class FitConfig:
         _check_range("prune_rgb_eps", self.prune_rgb_eps, 0.0, 1.0)
         _check_range("pframe_min_changed_frac", self.pframe_min_changed_frac, 0.0, 1.0)
         _check_range("pframe_new_threshold", self.pframe_new_threshold, 0.0, 1.0)
+        _check_range("iframe_stop_db_per_iter", self.iframe_stop_db_per_iter, 0.0, 10.0)
+        _check_range("pframe_stop_db_per_iter", self.pframe_stop_db_per_iter, 0.0, 10.0)
+        _check_range("stop_window", self.stop_window, 1, 10_000)
         if self.lr_schedule not in ("plateau", "cosine"):
             raise CodecConfigError(
                 f"lr_schedule={self.lr_schedule!r} is unknown; use 'plateau' or 'cosine'"
             )
         if self.init not in ("superpixel", "random"):
             raise CodecConfigError(f"init={self.init!r} is unknown; use 'superpixel' or 'random'")
+
+
+# The speed ladder's fitting settings (BENCHMARKS.md "Encode speed: fewer iterations",
+# bench/fit_speed.py, q4 on carphone, Megamind and box). `fast` keeps running its fits to the
+# caps: stopping at a gain of 0.005 (0.0025) dB per iteration cut CPU time to x0.78 / x0.42 /
+# x0.32 (x0.78 / x0.62 / x0.48) but lost 0.21 (0.20) dB on carphone and 0.22 (0.15) dB on box
+# at equal rate, more than `fast` may lose on any clip (Megamind gained 0.4-0.6 dB). The motion
+# warm start never hurt: +0.05 / +0.11 / +0.02 dB for +0.9 / +0.2 / -0.1% rate, so `fast` uses it.
+# `ultrafast` trades quality for time: caps of 150 / 40 iterations and stops at 0.01 dB per
+# iteration, x0.37 / x0.29 / x0.25 CPU time for -0.83 dB at -3.0% rate on carphone, +0.02 dB at
+# +0.3% on Megamind, -0.47 dB at +0.8% on box.
+_FAST_FIT: dict[str, Any] = {"pframe_motion": True}
+_ULTRAFAST_FIT: dict[str, Any] = {
+    "iframe_iters": 150,
+    "pframe_iters": 40,
+    "iframe_stop_db_per_iter": 0.01,
+    "pframe_stop_db_per_iter": 0.01,
+}
 
 
 @dataclass(frozen=True)
@@ -181,8 +213,10 @@ class CodecConfig:
     @staticmethod
     def preset(name: PresetName = "fast", quality: int = 5, **overrides: Any) -> CodecConfig:
         """The named preset at a quality level 1 (smallest) .. 10 (best)."""
-        if name not in ("fast", "slow"):
-            raise CodecConfigError(f"preset={name!r} is unknown; use 'fast' or 'slow'")
+        if name not in PRESETS:
+            raise CodecConfigError(
+                f"preset={name!r} is unknown; use one of {', '.join(map(repr, PRESETS))}"
+            )
         if not isinstance(quality, int) or not (QUALITY_MIN <= quality <= QUALITY_MAX):
             raise CodecConfigError(
                 f"quality={quality!r} is out of range; use an integer in [{QUALITY_MIN}, {QUALITY_MAX}]"
@@ -198,14 +232,18 @@ class CodecConfig:
         rd_lambda = 500.0 * (1.5 ** (4 - quality) if quality <= 4 else 2.0 ** (4 - quality))
         # sub-level P-frame positions (GOP format 4) pay from q6 up: +0.84 dB for +11% rate at q8
         xy_refine = 1 if quality >= 6 else 0
-        if name == "fast":
-            fit = FitConfig(
-                gaussians_per_kpx=density,
-                iframe_iters=400,
-                pframe_iters=120,  # 60 cost 0.25 dB at q4 for 2.7% less rate
-                pframe_rd_lambda=rd_lambda,
-                pframe_rate_weight=1.0,
-            )
+        if name in ("fast", "ultrafast"):
+            # the speed ladder (BENCHMARKS.md "Encode speed: fewer iterations"): the same coding
+            # tools, fits that stop once they gain less than a threshold per iteration
+            fit_kw: dict[str, Any] = {
+                "gaussians_per_kpx": density,
+                "iframe_iters": 400,
+                "pframe_iters": 120,  # 60 cost 0.25 dB at q4 for 2.7% less rate
+                "pframe_rd_lambda": rd_lambda,
+                "pframe_rate_weight": 1.0,
+            }
+            fit_kw.update(_ULTRAFAST_FIT if name == "ultrafast" else _FAST_FIT)
+            fit = FitConfig(**fit_kw)
             quant = QuantConfig(
                 mode="ptq", chol_bits=bits, rgb_bits=bits, pframe_xy_refine=xy_refine
             )
@@ -259,7 +297,7 @@ class CodecConfig:
         fields as ``with_overrides`` keys. ``from_dict`` reads it back."""
         full = _flatten(self.to_dict())
         best: tuple[str, int, dict[str, Any]] | None = None
-        for name in ("fast", "slow"):
+        for name in ("fast", "slow", "ultrafast"):  # ties go to the earlier name
             for quality in range(QUALITY_MIN, QUALITY_MAX + 1):
                 base = _flatten(CodecConfig.preset(name, quality).to_dict())  # type: ignore[arg-type]
                 diff = {k: v for k, v in full.items() if base.get(k) != v}

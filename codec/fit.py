@@ -14,6 +14,16 @@ P-frames follow seed 002 section 3.2C in closed loop: only Gaussians whose 3-sig
 ellipse covers a changed pixel are optimised (the rest are bit-identical to the
 reference), and where the residual stays large new Gaussians are seeded from it.
 
+Both fits stop at their iteration cap or earlier, once the gain per iteration of
+their objective falls below ``FitConfig.iframe_stop_db_per_iter`` /
+``pframe_stop_db_per_iter`` (:class:`_GainStop`; measured on the loss, so it is as
+deterministic as the fit). A P-frame whose touched rows stall before it has seeded
+new Gaussians seeds them then instead of stopping. With ``FitConfig.pframe_motion``
+the touched rows start where dense optical flow (OpenCV DIS, :func:`dense_flow`)
+from the reference's rendering to the new frame moves their centres, when that
+start renders closer to the frame than the reference does (encoder only: the
+bitstream carries the fitted positions, so the decoder needs no flow).
+
 PSNR is measured as in MEASURING.md: the rendering clamped to [0, 1] and rounded
 to 8 bits, against the frame. Everything is deterministic for a given generator.
 """
@@ -24,6 +34,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -168,6 +179,31 @@ class _Schedule:
                 self.scale = max(c.lr_min_frac, self.scale * c.lr_decay)
                 self.since = 0
         return warm * self.scale
+
+
+class _GainStop:
+    """Early stopping on the gain per iteration: ``update(loss)`` is True once the best loss so far
+    fell by less than ``window * db_per_iter`` dB (``10 log10(old / new)``) over the last ``window``
+    iterations. Off (never True) when ``db_per_iter`` is 0."""
+
+    def __init__(self, db_per_iter: float, window: int) -> None:
+        self.min_gain_db = db_per_iter * window
+        self.window = window
+        self.best: list[float] = []  # best loss after each update
+
+    def reset(self) -> None:
+        """Forget the history (after the set of Gaussians changed)."""
+        self.best.clear()
+
+    def update(self, loss: float) -> bool:
+        best = min(loss, self.best[-1]) if self.best else loss
+        self.best.append(best)
+        if self.min_gain_db <= 0 or len(self.best) <= self.window:
+            return False
+        old = self.best[-1 - self.window]
+        if best <= 0.0 or old <= best:
+            return old <= best  # no gain at all (or a perfect fit)
+        return 10.0 * math.log10(old / best) < self.min_gain_db
 
 
 class _Adam:
@@ -344,8 +380,10 @@ def fit_iframe(
 ) -> FitResult:
     """Fit Gaussians to ``frame`` (float32 [H, W, 3] in [0, 1]) starting from ``init``.
 
-    Stops after ``cfg.iframe_iters`` steps or as soon as the rendering reaches
-    ``cfg.target_psnr_db``; returns the best Gaussians seen. With ``cfg.densify``, every
+    Stops after ``cfg.iframe_iters`` steps, as soon as the rendering reaches
+    ``cfg.target_psnr_db``, or once the loss gains less than ``cfg.iframe_stop_db_per_iter`` dB
+    per step (over ``cfg.stop_window`` steps; with densification, only after its last round);
+    returns the best Gaussians seen. With ``cfg.densify``, every
     ``densify_every`` steps (during the first ``densify_until_frac`` of the cap) near-zero
     Gaussians are pruned and re-seeded where the error is largest; the count never exceeds
     ``len(init)``. ``generator`` drives where re-seeded Gaussians go.
@@ -357,6 +395,7 @@ def fit_iframe(
     n_max = len(init)
     opt = _RowOptimizer(init.to(target.device), cfg)
     sched = _Schedule(cfg, cfg.iframe_iters)
+    stop = _GainStop(cfg.iframe_stop_db_per_iter, cfg.stop_window)
     history: list[float] = []
     best_psnr, best = -math.inf, opt.snapshot()
     densify_stop = int(cfg.densify_until_frac * cfg.iframe_iters)
@@ -371,7 +410,10 @@ def fit_iframe(
         if psnr >= cfg.target_psnr_db or it >= cfg.iframe_iters:
             break
         loss = _loss(img, target, cfg.ssim_weight)
-        opt.step(loss, sched.factor(it, float(loss.detach())), h, w)
+        loss_value = float(loss.detach())
+        if stop.update(loss_value) and (not cfg.densify or it > densify_stop):
+            break
+        opt.step(loss, sched.factor(it, loss_value), h, w)
         it += 1
         if cfg.densify and it % cfg.densify_every == 0 and it <= densify_stop:
             _densify(opt, img.detach(), target, n_max, cfg, gen)
@@ -398,12 +440,77 @@ def iters_to_psnr(
 # ----------------------------------------------------------------------------- P-frames
 
 
-class _Assembler:
-    """Full Gaussian set = frozen reference with rows ``idx`` replaced by the optimised rows, then new rows."""
+def _gray_u8(image: Tensor) -> np.ndarray:
+    """[H, W, 3] in [0, 1] -> uint8 [H, W] luma (BT.601), rounded as the codec rounds pixels."""
+    rgb = (image.detach().clamp(0.0, 1.0) * 255.0).round().to(torch.float32).cpu()
+    luma = rgb @ torch.tensor([0.299, 0.587, 0.114])
+    return luma.round().clamp(0.0, 255.0).to(torch.uint8).numpy()
 
-    def __init__(self, ref: Gaussians, idx: Tensor) -> None:
+
+def dense_flow(ref: Tensor, frame: Tensor) -> Tensor:
+    """Dense optical flow (float32 [H, W, 2], x then y, pixels) from ``ref`` to ``frame`` (both
+    [H, W, 3] in [0, 1]): content at pixel p of ``ref`` is at p + flow[p] in ``frame``.
+
+    OpenCV's DIS flow (medium preset) on 8-bit luma; deterministic (no random state). Frames
+    too small for its pyramid get zero flow."""
+    import cv2  # local import: cv2 is heavy and only the motion warm start needs it here
+
+    h, w = int(ref.shape[0]), int(ref.shape[1])
+    if min(h, w) < 16:
+        return torch.zeros(h, w, 2, dtype=torch.float32, device=ref.device)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)  # type: ignore[attr-defined]
+    flow = dis.calc(_gray_u8(ref), _gray_u8(frame), None)
+    return torch.from_numpy(np.ascontiguousarray(flow, dtype=np.float32)).to(ref.device)
+
+
+def warp_centres(g: Gaussians, flow: Tensor) -> Gaussians:
+    """``g`` with each centre moved by the flow (float32 [H, W, 2]) at the pixel under it, kept
+    inside the frame; shapes and colours unchanged."""
+    h, w = int(flow.shape[0]), int(flow.shape[1])
+    with torch.no_grad():
+        col = g.xy_px[:, 0].floor().clamp(0, w - 1).to(torch.int64)
+        row = g.xy_px[:, 1].floor().clamp(0, h - 1).to(torch.int64)
+        xy = g.xy_px + flow[row, col].to(g.xy_px)
+        xy = torch.stack([xy[:, 0].clamp(0.0, float(w)), xy[:, 1].clamp(0.0, float(h))], dim=1)
+    return Gaussians(xy, g.chol, g.rgb)
+
+
+class _Assembler:
+    """Full Gaussian set = frozen reference with rows ``idx`` replaced by the optimised rows, then new rows.
+
+    Rendering is a plain sum over Gaussians, so the picture of the full set is the picture of the
+    frozen rows (rendered once, ``static``) plus that of the optimised rows: :meth:`render` draws
+    only those, so a P-frame iteration costs what its K touched rows cost, not all N. (The sum's
+    order differs from one full render's, by float rounding only; what is transmitted is
+    quantised and rendered by the decoder's renderer, so the closed loop does not depend on it.)
+    """
+
+    def __init__(
+        self,
+        ref: Gaussians,
+        idx: Tensor,
+        backend: RenderBackend,
+        height: int,
+        width: int,
+        fake_quant: FakeQuant | None = None,
+    ) -> None:
         self.ref = ref.detach()
         self.idx = idx
+        self.backend, self.h, self.w, self.fake_quant = backend, height, width, fake_quant
+        frozen = torch.ones(len(ref), dtype=torch.bool, device=ref.device)
+        frozen[idx] = False
+        self.static = backend.render_nograd(self._shown(self.ref.index(frozen)), height, width)
+
+    def _shown(self, g: Gaussians) -> Gaussians:
+        g = g.clamped()
+        return self.fake_quant(g) if self.fake_quant is not None else g
+
+    def render(self, rows: Gaussians, *, grad: bool = True) -> Tensor:
+        """[H, W, 3] picture of the full set whose optimised rows are ``rows``."""
+        if len(rows) == 0:
+            return self.static
+        draw = self.backend.render if grad else self.backend.render_nograd
+        return self.static + draw(self._shown(rows), self.h, self.w)
 
     def __call__(self, rows: Gaussians) -> Gaussians:
         k = int(self.idx.numel())
@@ -414,6 +521,19 @@ class _Assembler:
         if len(rows) > k:
             full = Gaussians.cat([full, rows.index(torch.arange(k, len(rows), device=rows.device))])
         return full
+
+
+def _motion_start(
+    rows: Gaussians, assemble: _Assembler, recon: Tensor, target: Tensor
+) -> Gaussians:
+    """The touched ``rows`` moved by the optical flow from ``recon`` (the reference's rendering)
+    to ``target``, if that renders closer to ``target`` than the unmoved rows; else ``rows``."""
+    moved = warp_centres(rows, dense_flow(recon, target))
+    with torch.no_grad():
+        img = assemble.render(moved, grad=False).clamp(0.0, 1.0)
+        err_moved = float((img - target).square().sum())
+        err_ref = float((recon - target).square().sum())
+    return moved if err_moved < err_ref else rows
 
 
 def fit_pframe(
@@ -439,7 +559,10 @@ def fit_pframe(
     ``cfg.pframe_max_new_frac * len(ref)`` new Gaussians are seeded from the residual and
     optimised too, at the I-frame's density. Stops early once fewer than
     ``pframe_min_changed_frac`` of the pixels keep a 5x5-averaged residual above
-    ``cfg.pframe_threshold``, or at ``cfg.target_psnr_db``; returns the best state seen.
+    ``cfg.pframe_threshold``, at ``cfg.target_psnr_db``, or once the objective gains less than
+    ``cfg.pframe_stop_db_per_iter`` dB per step (if that happens before the seeding point, the
+    seeding happens then instead); returns the best state seen. With ``cfg.pframe_motion`` the
+    touched rows start from :func:`_motion_start`.
 
     With ``prev_frame`` (the previous *source* frame, [H, W, 3]) a pixel only counts as
     changed if the content changed there too: error the reference already had in static
@@ -464,12 +587,15 @@ def fit_pframe(
 
     ref = ref.detach()
     touched = backend.gaussians_touching(ref, changed).to(torch.int64).sort().values
-    assemble = _Assembler(ref, touched)
+    assemble = _Assembler(ref, touched, backend, h, w, fake_quant)
     start = ref.index(touched)
     n_touched = len(start)
-    start_channels = _quant_channels(start, n_touched)
+    start_channels = _quant_channels(start, n_touched)  # the rate term counts moves from the ref
+    if cfg.pframe_motion and n_touched:
+        start = _motion_start(start, assemble, recon, target)
     opt = _RowOptimizer(start, cfg)
     sched = _Schedule(cfg, cfg.pframe_iters)
+    stop = _GainStop(cfg.pframe_stop_db_per_iter, cfg.stop_window)
     max_new = int(cfg.pframe_max_new_frac * len(ref))
     px_per_gaussian = h * w / len(ref)
     add_at = 0 if touched.numel() == 0 else cfg.pframe_iters // 2
@@ -477,8 +603,7 @@ def fit_pframe(
     best_psnr, best = -math.inf, opt.snapshot()
     it = 0
     while True:
-        g = assemble(opt.rows()).clamped()
-        img = backend.render(fake_quant(g) if fake_quant is not None else g, h, w)
+        img = assemble.render(opt.rows())
         psnr = psnr_of(img.detach(), target)
         if psnr > best_psnr:
             best_psnr, best = psnr, opt.snapshot()
@@ -493,6 +618,7 @@ def fit_pframe(
                 m = min(max_new, math.ceil(n_missing / px_per_gaussian))
                 new = seed_from_residual(target - img.detach(), missing, m, gen)
                 opt.restructure(torch.arange(len(opt), device=ref.device), new)
+                stop.reset()
                 continue  # `best` may keep fewer rows: then the seeds did not help and are dropped
         if len(opt) == 0:
             break  # nothing touches the change and nothing could be added
@@ -500,7 +626,13 @@ def fit_pframe(
         if delta_cost is not None and n_touched:
             moved = _quant_channels(opt.rows(), n_touched) - start_channels
             loss = loss + (moved.abs() * delta_cost).sum()  # rate term: cost per unit of change
-        opt.step(loss, sched.factor(it, float(loss.detach())), h, w)
+        loss_value = float(loss.detach())
+        if stop.update(loss_value):
+            if added or max_new <= 0:
+                break
+            add_at = it  # the touched rows stalled before the seeding point: seed now
+            stop.reset()
+        opt.step(loss, sched.factor(it, loss_value), h, w)
         it += 1
     out = assemble(best).detach()
     n_added = len(best) - int(touched.numel())

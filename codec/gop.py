@@ -82,8 +82,9 @@ class FrameStats:
     n_gaussians: int
     n_updated: int  # Gaussians whose quantised values changed (all of them for I-frames)
     n_added: int
-    iters: int
-    encode_seconds: float
+    iters: int  # fit iterations run (I-frames: with quantisation-aware fine-tuning)
+    encode_seconds: float  # wall time to code the frame (fit, quantise, entropy code, reconstruct)
+    cpu_seconds: float = 0.0  # CPU time of this process meanwhile (all its threads)
 
 
 @dataclass
@@ -283,7 +284,7 @@ def encode_gop_report(
     stats: list[FrameStats] = []
     recon = np.empty_like(frames)
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     frame = to_float(frames[0])
     q_state, grid, data, iters = _code_iframe(frame, config, backend, roi, gen, dev)
     header_grid = grid  # a scene cut brings its own grid in its record; the header keeps the first
@@ -306,13 +307,14 @@ def encode_gop_report(
             len(q_state),
             iters,
             time.perf_counter() - start,
+            time.process_time() - cpu_start,
         )
     )
     if progress:
         progress(1, t_count)
 
     for t in range(1, t_count):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         prev_frame, frame = frame, to_float(frames[t])
         cut = config.fit.scene_cut_psnr_db
         if cut > 0 and _is_scene_cut(psnr_db(frames[t], recon[t - 1]), stats[-1].psnr_db, cut):
@@ -329,9 +331,11 @@ def encode_gop_report(
             recon[t] = to_u8(ref_img)
             coded.append((FrameKind.I_NEW_GRID, data))
             n = len(q_state)
-            seconds = time.perf_counter() - start
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
             stats.append(
-                FrameStats(t, "I", len(data), psnr_db(frames[t], recon[t]), n, n, n, iters, seconds)
+                FrameStats(
+                    t, "I", len(data), psnr_db(frames[t], recon[t]), n, n, n, iters, seconds, cpu
+                )
             )
             if progress:
                 progress(t + 1, t_count)
@@ -397,6 +401,7 @@ def encode_gop_report(
                 len(added),
                 res.iters,
                 time.perf_counter() - start,
+                time.process_time() - cpu_start,
             )
         )
         if progress:

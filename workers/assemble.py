@@ -42,6 +42,9 @@ class GopRecord:
     payload_bytes: int
     psnr_db: float | None = None
     encode_seconds: float | None = None
+    # per-frame codec stats (codec.gop.FrameStats as dicts) when the GOP was encoded in this run;
+    # GOPs resumed from the database have none
+    frames: tuple[dict[str, Any], ...] = ()
 
 
 def check_coverage(gops: Sequence[GopRecord], n_frames: int) -> list[GopRecord]:
@@ -291,6 +294,22 @@ def build_manifest(
     }
 
 
+def speed_report(gops: Sequence[GopRecord]) -> dict[str, Any]:
+    """Seconds per I-frame and P-frame and fit iterations run, over the frames whose stats are
+    known (``frames_measured``: GOPs resumed from an earlier attempt carry none)."""
+    frames = [f for g in gops for f in g.frames]
+    out: dict[str, Any] = {"frames_measured": len(frames)}
+    for kind in ("I", "P"):
+        mine = [f for f in frames if f.get("kind") == kind]
+        tag = kind.lower()
+        out[f"{tag}_frames"] = len(mine)
+        for key, name in (("encode_seconds", "seconds"), ("iters", "iters")):
+            values = [float(f[key]) for f in mine if f.get(key) is not None]
+            out[f"{tag}_frame_{name}_mean"] = float(np.mean(values)) if values else None
+        out[f"{tag}_frame_iters_total"] = int(sum(int(f.get("iters") or 0) for f in mine))
+    return out
+
+
 def build_report(
     *,
     job_id: str,
@@ -326,6 +345,7 @@ def build_report(
         "encode_psnr_db": float(np.mean(encode_psnrs)) if encode_psnrs else None,
         "gop_encode_seconds_total": float(sum(g.encode_seconds or 0.0 for g in gops)),
         "decode_seconds": verify.decode_seconds,
+        "speed": speed_report(gops),
         "timings_s": dict(timings_s),
         "preset": preset,
         "quality": quality,

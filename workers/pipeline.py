@@ -179,6 +179,7 @@ def encode_phase(
                 r.payload_bytes,
                 r.psnr_db,
                 r.encode_seconds,
+                tuple(r.frames),
             )
             control.record_gop(r)
 

@@ -13,12 +13,15 @@ from codec.config import FitConfig
 from codec.errors import CodecConfigError
 from codec.fit import (
     FitResult,
+    _GainStop,
     changed_mask,
+    dense_flow,
     fit_iframe,
     fit_pframe,
     iters_to_psnr,
     psnr_of,
     unresolved_mask,
+    warp_centres,
 )
 from codec.gaussians import MIN_CHOL_DIAG, Gaussians, radius_3sigma
 from codec.init import superpixel_init
@@ -280,3 +283,86 @@ def test_pframe_change_no_gaussian_touches() -> None:
     assert same(r.gaussians.index(torch.arange(2)), left)
     assert r.psnr_db > psnr_of(recon, frame) + 3.0
     assert math.isfinite(r.psnr_db)
+
+
+# ----------------------------------------------------------------------------- early stopping, motion
+
+
+def test_gain_stop_rule() -> None:
+    stop = _GainStop(db_per_iter=0.1, window=2)
+    assert not stop.update(1.0) and not stop.update(0.5)  # fewer than `window` steps: never
+    assert not stop.update(0.25)  # 1.0 -> 0.25 over 2 steps: 6 dB > 0.2 dB
+    assert not stop.update(0.24)  # 0.5 -> 0.24: 3.2 dB
+    assert stop.update(0.239)  # 0.25 -> 0.239: 0.195 dB < 0.2 dB
+    assert stop.update(0.3)  # a worse loss does not count: the best so far stalls
+    stop.reset()
+    assert not stop.update(0.3)
+    off = _GainStop(db_per_iter=0.0, window=2)
+    assert not any(off.update(1.0) for _ in range(10))
+
+
+def test_fit_iframe_early_stop_saves_iterations_deterministically() -> None:
+    full = fit_iframe(FRAME, init60(), cfg(iframe_iters=200), DENSE)
+    c = cfg(iframe_iters=200, iframe_stop_db_per_iter=0.02, stop_window=10)
+    a = fit_iframe(FRAME, init60(), c, DENSE)
+    b = fit_iframe(FRAME, init60(), c, DENSE)
+    assert 10 < a.iters < 200 and a.iters == b.iters and same(a.gaussians, b.gaussians)
+    assert a.history == full.history[: len(a.history)]  # the same fit, cut short
+    # when it stopped, the last `window` steps had gained less than 0.2 dB of loss
+    assert a.psnr_db > full.history[0] + 4.0 and a.psnr_db <= full.psnr_db
+
+
+def test_fit_pframe_early_stop_and_motion_are_deterministic(fitted: FitResult) -> None:
+    ref, recon, prev = reference(fitted)
+    frame = checkerboard_frame(prev, 4, 20, 12)
+    c = cfg(pframe_iters=60, pframe_max_new_frac=0.2, pframe_stop_db_per_iter=0.05, stop_window=5)
+    for motion in (False, True):
+        runs = [
+            fit_pframe(
+                ref,
+                recon,
+                frame,
+                replace(c, pframe_motion=motion),
+                DENSE,
+                generator=torch.Generator().manual_seed(0),
+            )
+            for _ in range(2)
+        ]
+        a, b = runs
+        assert same(a.gaussians, b.gaussians) and a.iters == b.iters and a.n_added == b.n_added
+        assert a.iters < 60
+        assert a.n_added >= 1  # a stall before the seeding point seeds then instead of stopping
+
+
+def shifted(img: Tensor, dx: int) -> Tensor:
+    """``img`` moved right by ``dx`` pixels (edge columns repeated)."""
+    out = torch.roll(img, dx, dims=1)
+    out[:, :dx] = img[:, :1]
+    return out
+
+
+def test_dense_flow_and_warp_follow_a_shift(fitted: FitResult) -> None:
+    ref, recon, _ = reference(fitted)
+    frame = shifted(recon.clamp(0, 1), 3)
+    flow = dense_flow(recon, frame)
+    assert flow.shape == (H, W, 2) and flow.dtype == torch.float32
+    assert torch.equal(flow, dense_flow(recon, frame))  # deterministic
+    inner = flow[8:-8, 8:-8]
+    assert float(inner[..., 0].median()) == pytest.approx(3.0, abs=0.5)
+    assert float(inner[..., 1].median()) == pytest.approx(0.0, abs=0.5)
+    moved = warp_centres(ref, flow)
+    assert torch.equal(moved.chol, ref.chol) and torch.equal(moved.rgb, ref.rgb)
+    assert (moved.xy_px[:, 0] >= 0).all() and (moved.xy_px[:, 0] <= W).all()
+    # the warm start brings the reference closer to the shifted frame than it was
+    warped = DENSE.render_nograd(moved, H, W)
+    assert psnr_of(warped, frame) > psnr_of(recon, frame) + 2.0
+    assert torch.equal(dense_flow(recon[:8, :8], frame[:8, :8]), torch.zeros(8, 8, 2))
+
+
+def test_fit_pframe_motion_warm_start_helps_a_moving_frame(fitted: FitResult) -> None:
+    ref, recon, prev = reference(fitted)
+    frame = shifted(prev, 3)
+    c = cfg(pframe_iters=10)
+    plain = fit_pframe(ref, recon, frame, c, DENSE)
+    warm = fit_pframe(ref, recon, frame, replace(c, pframe_motion=True), DENSE)
+    assert warm.psnr_db > plain.psnr_db + 1.0

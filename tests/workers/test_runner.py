@@ -117,6 +117,10 @@ def test_job_runs_to_success_with_outputs_and_callback(
     assert report["psnr_db"] > 10 and 0 < report["ms_ssim"] <= 1
     assert report["ssim_metric"] == "SSIM"  # 48x32 frames: computed as SSIM, named so
     assert set(report["timings_s"]) >= {"probing", "encoding", "assembling", "verifying"}
+    speed = report["speed"]  # 7 frames in GOPs of 3: I-frames 0, 3, 6, the rest P (or cuts)
+    assert speed["frames_measured"] == 7 and speed["i_frames"] + speed["p_frames"] == 7
+    assert speed["i_frames"] >= 3 and speed["i_frame_seconds_mean"] > 0
+    assert speed["i_frame_iters_mean"] > 0 and speed["i_frame_iters_total"] > 0
 
     preview = worker_env.tmp_path / "preview.mp4"
     store.download_file(job.outputs["preview"], preview)
