@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from codec.bitstream import FrameKind, GopHeader, pack_gop, unpack_gop
+from codec.bitstream import FrameKind, GopHeader, pack_gop, unpack_gop_enhanced
 from codec.config import CodecConfig
+from codec.enhance import apply_enhancer, enhance_gop
 from codec.entropy import (
     ModelMemory,
     canonical_order,
@@ -75,8 +76,18 @@ class FrameStats:
 @dataclass
 class GopEncodeResult:
     payload: bytes
-    recon: np.ndarray  # uint8 [T, H, W, 3], identical to decode_gop(payload)
+    recon: np.ndarray  # uint8 [T, H, W, 3], identical to decode_gop(payload, enhance=False)
     frames: list[FrameStats] = field(default_factory=list)
+    # the enhancer (config.enhance, a post-filter): uint8 [T, H, W, 3] as decode_gop(payload)
+    # outputs it when the GOP carries an enhancer record, else None; the record's size and kind
+    enhanced: np.ndarray | None = None
+    enhancer_bytes: int = 0
+    enhance_kind: str = "none"  # "none", "base" or "modulated"
+    enhance_seconds: float = 0.0
+
+    def output(self) -> np.ndarray:
+        """What decode_gop(payload) returns: the enhanced frames when there are, else recon."""
+        return self.recon if self.enhanced is None else self.enhanced
 
     def stats_dicts(self) -> list[dict[str, object]]:
         return [asdict(f) for f in self.frames]
@@ -392,8 +403,20 @@ def encode_gop_report(
         if progress:
             progress(t + 1, t_count)
 
-    payload = pack_gop(GopHeader(height=h, width=w, n_frames=t_count, grid=grid), coded)
-    return GopEncodeResult(payload=payload, recon=recon, frames=stats)
+    # the enhancer: a post-filter on the finished closed-loop reconstruction
+    choice = enhance_gop(frames, recon, config)
+    payload = pack_gop(
+        GopHeader(height=h, width=w, n_frames=t_count, grid=grid), coded, choice.record
+    )
+    return GopEncodeResult(
+        payload=payload,
+        recon=recon,
+        frames=stats,
+        enhanced=choice.enhanced if choice.record else None,
+        enhancer_bytes=len(choice.record),
+        enhance_kind=choice.kind,
+        enhance_seconds=choice.seconds,
+    )
 
 
 def encode_gop(
@@ -407,9 +430,12 @@ def encode_gop(
     return encode_gop_report(frames, config, roi_mask=roi_mask, device=device).payload
 
 
-def decode_gop(payload: bytes) -> np.ndarray:
-    """Decode a GOP payload to uint8 [T, H, W, 3]; any malformed payload raises BitstreamError."""
-    header, coded = unpack_gop(payload)
+def decode_gop(payload: bytes, *, enhance: bool = True) -> np.ndarray:
+    """Decode a GOP payload to uint8 [T, H, W, 3]; any malformed payload raises BitstreamError.
+
+    With ``enhance`` (the default) a GOP that carries an enhancer record is enhanced;
+    ``enhance=False`` gives the raw Gaussian output (what the closed loop predicted from)."""
+    header, coded, enhancer = unpack_gop_enhanced(payload)
     h, w, t_count = header.height, header.width, header.n_frames
     if not (1 <= h <= MAX_SIDE_PX and 1 <= w <= MAX_SIDE_PX) or not (
         1 <= t_count <= MAX_GOP_FRAMES
@@ -442,4 +468,4 @@ def decode_gop(payload: bytes) -> np.ndarray:
             ctx = _touched(state, new_state)
             state = new_state
         out[t] = to_u8(backend.render_nograd(dequantize(state, grid), h, w))
-    return out
+    return apply_enhancer(enhancer, out) if enhance and enhancer else out
