@@ -41,6 +41,7 @@ from codec.enhance.model import (
 
 SIDE_STEPS = (2.0 / 255.0, 4.0 / 255.0, 8.0 / 255.0)  # side-information quantiser steps trained on
 MOD_L2 = 1e-4  # weight of the L2 penalty on the per-content modulation vectors
+GRAD_CLIP = 0.05  # max gradient norm of the network's parameters per step (stability)
 
 
 @dataclass
@@ -48,9 +49,9 @@ class TrainConfig:
     steps: int = 4000
     batch: int = 16
     patch: int = 48
-    lr: float = 2e-3
+    lr: float = 3e-3
     mod_lr: float = 2e-2
-    blend_share: float = 0.3  # share of inputs moved part of the way back to the source
+    blend_share: float = 0.15  # share of inputs moved part of the way back to the source
     mod_share: float = 0.5  # share of samples using their content's modulation
     side_share: float = 0.5  # share of samples given side information
     seed: int = 0
@@ -131,6 +132,7 @@ def train(pairs: PairSet, cfg: TrainConfig, log_every: int = 0) -> TrainResult:
         loss = F.mse_loss(pred, src) + MOD_L2 * (m**2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         opt.step()
         out.losses.append(float(loss.detach()))
         if log_every and (step + 1) % log_every == 0:
@@ -175,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
     ap.add_argument("--batch", type=int, default=TrainConfig.batch)
     ap.add_argument("--patch", type=int, default=TrainConfig.patch)
+    ap.add_argument("--lr", type=float, default=TrainConfig.lr)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--crops-per-image", type=int, default=PairSettings.crops_per_image)
     ap.add_argument("--cache-dir", type=Path, default=Path("var/enhance_pairs"))
@@ -187,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     pairs = load_or_make_pairs(settings, args.cache_dir, log=lambda s: print(s, flush=True))
     pair_seconds = time.perf_counter() - t0
     print(f"{len(pairs.content)} pairs from {pairs.n_contents} crops ({pair_seconds:.0f}s)")
-    cfg = TrainConfig(steps=args.steps, batch=args.batch, patch=args.patch, seed=args.seed)
+    cfg = TrainConfig(
+        steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr, seed=args.seed
+    )
     result = train(pairs, cfg, log_every=args.log_every)
     before, after = held_out_gain_db(result.model, pairs)
     meta: dict[str, object] = {
