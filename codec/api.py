@@ -38,6 +38,8 @@ class EncodeSummary:
     p_frame_bytes_mean: float | None
     encode_seconds: float
     frames: list[dict[str, object]] = field(default_factory=list)
+    # the enhancer (config.enhance): record bytes per GOP (0: none), all counted in n_bytes
+    enhancer_bytes_per_gop: list[int] = field(default_factory=list)
 
     @property
     def encode_fps(self) -> float:
@@ -75,6 +77,7 @@ def encode_video(
         file_mask = load_roi_mask(Path(roi), info.height, info.width).numpy()
     frames_done = 0
     stats: list[dict[str, object]] = []
+    enhancer_bytes: list[int] = []
     start = time.perf_counter()
     with ContainerWriter(Path(out_path), header) as writer:
         for gop_index, (first, frames) in enumerate(iter_gops(in_path, config.gop, max_frames)):
@@ -89,6 +92,7 @@ def encode_video(
                 frames, config, roi_mask=gop_mask, progress=on_frame, device=device
             )
             writer.add_gop(gop_index, first, len(frames), result.payload)
+            enhancer_bytes.append(result.enhancer_bytes)
             for s in result.stats_dicts():
                 s["index"] = first + int(s["index"])  # type: ignore[call-overload]
                 s["gop"] = gop_index
@@ -112,28 +116,41 @@ def encode_video(
         p_frame_bytes_mean=float(np.mean(p_sizes)) if p_sizes else None,
         encode_seconds=seconds,
         frames=stats,
+        enhancer_bytes_per_gop=enhancer_bytes,
     )
 
 
-def iter_decoded(gsv_path: str | Path, start_frame: int = 0) -> Iterator[np.ndarray]:
-    """Decoded frames (uint8 [H, W, 3]) from ``start_frame`` on, decoding only the GOPs needed."""
+def iter_decoded(
+    gsv_path: str | Path, start_frame: int = 0, *, enhance: bool = True
+) -> Iterator[np.ndarray]:
+    """Decoded frames (uint8 [H, W, 3]) from ``start_frame`` on, decoding only the GOPs needed;
+    ``enhance=False`` skips the enhancer (the raw Gaussian output, ``decode --no-enhance``)."""
     reader = ContainerReader(Path(gsv_path))
     if not 0 <= start_frame < max(reader.n_frames, 1):
         raise CodecConfigError(f"start_frame={start_frame} is outside 0..{reader.n_frames - 1}")
     first_gop = reader.gop_for_frame(start_frame)
     for entry in reader.gops[first_gop:]:
-        frames = decode_gop(reader.read_gop(entry.index))
+        frames = decode_gop(reader.read_gop(entry.index), enhance=enhance)
         skip = max(0, start_frame - entry.first_frame)
         yield from frames[skip:]
 
 
-def decode_video(gsv_path: str | Path, out_path: str | Path) -> int:
-    """Decode a ``.gsv`` file to ``.mp4``, ``.y4m`` or a directory of PNGs; returns frames written."""
+def decode_video(gsv_path: str | Path, out_path: str | Path, *, enhance: bool = True) -> int:
+    """Decode a ``.gsv`` file to ``.mp4``, ``.y4m`` or a directory of PNGs; returns frames written.
+    ``enhance=False`` writes the raw Gaussian output (GOPs' enhancer records are skipped)."""
     reader = ContainerReader(Path(gsv_path))
     h = reader.header
     written = 0
     with VideoWriter(Path(out_path), h.width, h.height, Fraction(h.fps_num, h.fps_den)) as writer:
-        for frame in iter_decoded(gsv_path):
+        for frame in iter_decoded(gsv_path, enhance=enhance):
             writer.write(frame)
             written += 1
     return written
+
+
+def enhancer_bytes_per_gop(gsv_path: str | Path) -> list[int]:
+    """Bytes of each GOP's enhancer record (0: none, or a format-5 GOP), for ``info``."""
+    from codec.bitstream import unpack_gop_enhanced
+
+    reader = ContainerReader(Path(gsv_path))
+    return [len(unpack_gop_enhanced(reader.read_gop(e.index))[2]) for e in reader.gops]

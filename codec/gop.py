@@ -404,18 +404,16 @@ def encode_gop_report(
             progress(t + 1, t_count)
 
     # the enhancer: a post-filter on the finished closed-loop reconstruction
-    choice = enhance_gop(frames, recon, config)
-    payload = pack_gop(
-        GopHeader(height=h, width=w, n_frames=t_count, grid=grid), coded, choice.record
-    )
+    enh = enhance_gop(frames, recon, config)
+    payload = pack_gop(GopHeader(height=h, width=w, n_frames=t_count, grid=grid), coded, enh.record)
     return GopEncodeResult(
         payload=payload,
         recon=recon,
         frames=stats,
-        enhanced=choice.enhanced if choice.record else None,
-        enhancer_bytes=len(choice.record),
-        enhance_kind=choice.kind,
-        enhance_seconds=choice.seconds,
+        enhanced=enh.enhanced if enh.record else None,
+        enhancer_bytes=len(enh.record),
+        enhance_kind=enh.kind,
+        enhance_seconds=enh.seconds,
     )
 
 

@@ -104,8 +104,9 @@ def source_images() -> list[tuple[str, np.ndarray]]:
     for name in MATPLOTLIB_IMAGES:
         from PIL import Image
 
-        with matplotlib.cbook.get_sample_data(name) as fh:
-            rgb = _rgb_u8(np.asarray(Image.open(fh).convert("RGB")))
+        path = matplotlib.cbook.get_sample_data(name, asfileobj=False)
+        with Image.open(str(path)) as im:
+            rgb = _rgb_u8(np.asarray(im.convert("RGB")))
         if rgb is not None:
             out.append((f"matplotlib:{name}", rgb))
     return out

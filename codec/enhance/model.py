@@ -100,7 +100,7 @@ class EnhanceNet(nn.Module):
         self.blocks = nn.ModuleList([ResBlock(C2, RANK) for _ in range(N_BLOCKS)])
         self.tail = nn.Conv2d(C2, 3 * 16, 3, padding=1)
         nn.init.zeros_(self.tail.weight)
-        nn.init.zeros_(self.tail.bias)
+        nn.init.zeros_(self.tail.bias)  # type: ignore[arg-type]
 
     def forward(
         self, x: Tensor, t: Tensor, m: Tensor | None = None, side: Tensor | None = None
