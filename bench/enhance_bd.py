@@ -16,7 +16,7 @@ decode milliseconds per frame at this clip's size and at 720x528, and its share 
 time. Writes ``results.json`` and ``results.md`` into ``--out``.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/enhance_bd.py ../shared/data/carphone_pristine.mp4 \\
-        --frames 30 --gop 30 --qualities 2,3,4,6 --out bench/results/enhance/carphone
+        --frames 10 --gop 10 --qualities 2,3,4,6 --out bench/results/enhance/carphone
 """
 
 from __future__ import annotations
