@@ -7,7 +7,9 @@ exactly what ``encode_gop(..., enhance=...)`` would write:
 - plain: the GOP payloads with an empty enhancer field (1 byte per GOP), decoded raw;
 - base: the base network at the encoder's per-GOP strength only (``choose_enhancement`` in
   mode "base" on the same reconstruction: the ablation row "base network");
-- on: what the encoder wrote (strength, plus the per-GOP modulation where D + lambda R pays).
+- on: what the encoder wrote (strength, plus the per-GOP modulation where D + lambda R pays);
+- on_lambda0: the same with lambda 0 (a record is kept wherever it lowers the error at all, its
+  bytes still counted): shows what the network can do regardless of its rate.
 
 Rates are GOP payload bits per pixel (container header and index excluded, the same for all
 three). Quality: PSNR (mean of per-frame), MS-SSIM (SSIM below 161 px), HaarPSI and DSS (piq);
@@ -39,7 +41,7 @@ from codec.gop import encode_gop_report
 from codec.metrics import bd_rate, clip_metrics, perceptual_metrics
 from codec.video import iter_gops
 
-VARIANTS = ("plain", "base", "on")
+VARIANTS = ("plain", "base", "on", "on_lambda0")
 
 
 def _db(x: float) -> float:
@@ -130,8 +132,9 @@ def run(
             plain_bytes = len(g["payload"])  # its enhancer field is the 1-byte "none"
             bytes_v["plain"] += plain_bytes
             outs["plain"].append(g["recon"])
-            for v in ("base", "on"):
-                choice = choose_enhancement(g["source"], g["recon"], v, lam)
+            for v in ("base", "on", "on_lambda0"):
+                mode, v_lam = ("on", 0.0) if v == "on_lambda0" else (v, lam)
+                choice = choose_enhancement(g["source"], g["recon"], mode, v_lam)
                 field = len(write_varint(len(choice.record))) + len(choice.record)
                 bytes_v[v] += plain_bytes - 1 + field
                 outs[v].append(choice.enhanced)
@@ -167,7 +170,7 @@ def run(
         "torch_threads": torch.get_num_threads(),
     }
     metrics = {"psnr_db": lambda x: x, "ms_ssim": _db, "haarpsi": _db}
-    for v in ("base", "on"):
+    for v in ("base", "on", "on_lambda0"):
         for name, f in metrics.items():
             try:
                 a = [f(p["plain"][name]) for p in points]
