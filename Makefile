@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned, so nothing later pulls a different build
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# the fused C++ CPU renderer (codec/render/csrc), built once per machine and source version
+	$(BIN)/python -m codec.render.cpu_ext
 	touch $(STAMP)
 
 demo: $(STAMP)

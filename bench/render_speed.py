@@ -1,5 +1,5 @@
-"""CPU speed of the tile-binned ``torch`` and patch-row ``patch`` render backends
-against the dense reference.
+"""CPU speed of the tile-binned ``torch``, patch-row ``patch`` and fused C++ ``cpu`` render
+backends against the dense reference.
 
 Times forward, forward+backward and no-grad renders (median of ``--repeats`` runs,
 after one warm-up) at 176x144 with 1000 Gaussians and 720x528 with 15000 Gaussians
@@ -27,6 +27,7 @@ import torch
 from codec.gaussians import Gaussians, radius_3sigma
 from codec.render.base import RenderBackend
 from codec.render.dense import DenseBackend
+from codec.render.fused_cpu import FusedCpuBackend, fused_available
 from codec.render.torch_patches import PatchBackend
 from codec.render.torch_tiles import TorchTileBackend
 
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             "torch": bench_backend(tiles, g, height, width, args.repeats),
             "patch": bench_backend(patches, g, height, width, args.repeats),
         }
+        if fused_available():
+            timings["cpu"] = bench_backend(FusedCpuBackend(), g, height, width, args.repeats)
         with torch.no_grad():
             diff = (patches.render(g, height, width) - tiles.render(g, height, width)).abs().max()
         case["patch_max_abs_diff_vs_torch"] = float(diff)

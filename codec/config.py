@@ -172,9 +172,9 @@ class CodecConfig:
     fit: FitConfig = field(default_factory=FitConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     seed: int = 0
-    backend: str = (
-        "patch"  # render backend for fitting; reconstruction always uses the decoder's renderer
-    )
+    # render backend for fitting ("auto": the fused C++ "cpu" kernel on the CPU when it builds,
+    # else "patch"); reconstruction always uses the decoder's (canonical) renderer
+    backend: str = "auto"
     # post-decoding enhancer (codec/enhance): "off"; "base" (the network at a per-GOP strength);
     # "on" (strength plus the per-GOP modulation where it pays). A post-filter: the Gaussians and
     # the closed loop are the same either way. ``preset(..., enhance="on")`` turns it on.

@@ -47,6 +47,8 @@ from codec.quant import (
 )
 from codec.rdo import BITS_PER_LOG2, rd_select
 from codec.render import RenderBackend, get_backend
+from codec.render.canonical import render_canonical, render_canonical_u8, to_u8
+from codec.render.torch_tiles import TorchTileBackend
 
 MAX_SIDE_PX = 8192  # largest frame side the codec accepts
 MAX_GOP_FRAMES = 10_000
@@ -54,7 +56,12 @@ MAX_DECODE_BYTES = 8 * 1024**3  # a GOP that would decode to more raw RGB than t
 QAT_FINETUNE_FRACTION = (
     0.25  # quantisation-aware fine-tuning iterations, as a share of iframe_iters
 )
-DECODE_BACKEND = "torch"  # the decoder always renders with the reference backend
+# GOP header flags (docs/FORMAT.md). RENDER_CANONICAL: the GOP's pixels are the canonical render
+# (codec/render/canonical.py: polynomial exp, per-pixel sums in Gaussian order), which the fused
+# C++ kernel and its PyTorch emulation produce bit for bit. GOPs without it (written before the
+# flag existed) decode with the tile backend's render_nograd, exactly as their encoder saw them.
+RENDER_CANONICAL = 0x01
+KNOWN_GOP_FLAGS = RENDER_CANONICAL
 SCENE_CUT_DROP_DB = 6.0  # a scene cut also needs the reference to fit the new frame this much worse
 
 
@@ -99,11 +106,6 @@ ProgressFn = Callable[[int, int], None]  # (frames done, frames total)
 def to_float(frame_u8: np.ndarray) -> Tensor:
     """uint8 [H, W, 3] -> float32 [H, W, 3] in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(frame_u8)).to(torch.float32) / 255.0
-
-
-def to_u8(image: Tensor) -> np.ndarray:
-    """float32 [H, W, 3] (any range) -> uint8 [H, W, 3], rounding to nearest."""
-    return (image.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
 
 
 def check_frames(frames: np.ndarray) -> tuple[int, int, int]:
@@ -275,8 +277,7 @@ def encode_gop_report(
     dev = resolve_device(device)
     if roi_mask is not None and roi_mask.shape != (h, w):
         raise CodecConfigError(f"roi_mask must have shape {(h, w)}; got {roi_mask.shape}")
-    backend = get_backend(config.backend)  # fitting
-    renderer = get_backend(DECODE_BACKEND)  # reconstruction, exactly as the decoder renders
+    backend = get_backend(config.backend, dev)  # fitting
     gen = torch.Generator().manual_seed(config.seed)
     roi = torch.from_numpy(roi_mask.astype(bool)) if roi_mask is not None else None
     fake_quant = None
@@ -288,12 +289,13 @@ def encode_gop_report(
     start = time.perf_counter()
     frame = to_float(frames[0])
     q_state, grid, data, iters = _code_iframe(frame, config, backend, roi, gen, dev)
+    header_grid = grid  # a scene cut brings its own grid in its record; the header keeps the first
     ctx: np.ndarray | None = None  # rows the previous P-frame changed or added (entropy context)
     models = ModelMemory()  # histograms the P-frames since the last I-frame sent
     if config.quant.mode == "qat":
         fake_quant = _fake_quant_on(grid)
     ref = dequantize(q_state, grid)
-    ref_img = renderer.render_nograd(ref, h, w)
+    ref_img = render_canonical(ref, h, w)
     recon[0] = to_u8(ref_img)
     coded.append((FrameKind.I, data))
     stats.append(
@@ -326,7 +328,7 @@ def encode_gop_report(
                 grid.to_bytes() + data
             )  # this I-frame brings its own grid for the rest of the GOP
             ref = dequantize(q_state, grid)
-            ref_img = renderer.render_nograd(ref, h, w)
+            ref_img = render_canonical(ref, h, w)
             recon[t] = to_u8(ref_img)
             coded.append((FrameKind.I_NEW_GRID, data))
             n = len(q_state)
@@ -384,7 +386,7 @@ def encode_gop_report(
         ctx = _touched(q_state, new_state)
         q_state = new_state
         ref = dequantize(q_state, grid)
-        ref_img = renderer.render_nograd(ref, h, w)
+        ref_img = render_canonical(ref, h, w)
         recon[t] = to_u8(ref_img)
         coded.append((FrameKind.P, data))
         stats.append(
@@ -405,7 +407,8 @@ def encode_gop_report(
 
     # the enhancer: a post-filter on the finished closed-loop reconstruction
     enh = enhance_gop(frames, recon, config)
-    payload = pack_gop(GopHeader(height=h, width=w, n_frames=t_count, grid=grid), coded, enh.record)
+    header = GopHeader(h, w, t_count, header_grid, flags=RENDER_CANONICAL)
+    payload = pack_gop(header, coded, enh.record)
     return GopEncodeResult(
         payload=payload,
         recon=recon,
@@ -447,7 +450,18 @@ def decode_gop(payload: bytes, *, enhance: bool = True) -> np.ndarray:
         )
     if len(coded) != t_count:
         raise BitstreamError(f"GOP header says {t_count} frames but the payload holds {len(coded)}")
-    backend = get_backend(DECODE_BACKEND)
+    if header.flags & ~KNOWN_GOP_FLAGS:
+        raise BitstreamError(
+            f"GOP header flags 0x{header.flags:02x} use features this decoder does not know; "
+            "a newer splatpack wrote this file"
+        )
+    legacy = TorchTileBackend()
+
+    def render(g: Gaussians) -> np.ndarray:
+        if header.flags & RENDER_CANONICAL:
+            return render_canonical_u8(g, h, w)
+        return to_u8(legacy.render_nograd(g, h, w))
+
     out = np.empty((t_count, h, w, 3), dtype=np.uint8)
     state: QGaussians | None = None
     ctx: np.ndarray | None = None
@@ -465,5 +479,5 @@ def decode_gop(payload: bytes, *, enhance: bool = True) -> np.ndarray:
             new_state = decode_inter(data, state, grid, ctx, models)
             ctx = _touched(state, new_state)
             state = new_state
-        out[t] = to_u8(backend.render_nograd(dequantize(state, grid), h, w))
+        out[t] = render(dequantize(state, grid))
     return apply_enhancer(enhancer, out) if enhance and enhancer else out

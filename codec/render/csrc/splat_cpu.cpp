@@ -1,0 +1,358 @@
+// Fused tile-binned summation renderer for the CPU: forward and backward in one pass per tile.
+//
+// Built by codec/render/cpu_ext.py (torch.utils.cpp_extension, -O3 -fopenmp -ffp-contract=off
+// -fno-trapping-math: no FMA contraction, so results are plain IEEE float32 operations).
+// The Python side hands over only drawable Gaussians with their clipped pixel boxes
+// (codec.render.torch_tiles.pixel_boxes), so every value here is finite.
+//
+// The canonical render (docs/FORMAT.md, "Rendering"):
+//   h = (a*dx)*dx + (b2*dx)*dy, then h = h + (c*dy)*dy   with a = -A/2, b2 = -B, c = -C/2
+//       (A, B, C the conic; dx = (px + 0.5) - x, dy = (py + 0.5) - y; float32, no FMA)
+//   w = det_exp(h) where h >= -4.5 and the pixel lies in the Gaussian's box, else 0
+//   pixel = sum over Gaussians in ascending index order, acc = acc + w * rgb (float32)
+// det_exp is a fixed sequence of IEEE float32 additions and multiplications, so the torch
+// emulation in codec/render/canonical.py gives the same bits, on any machine and thread count.
+#include <torch/extension.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int TILE = 16;
+constexpr int TPIX = TILE * TILE;
+constexpr float CUTOFF = -4.5f;  // h = -m/2 at m = 9 (3 sigma)
+
+// exp(h) for h in [-5, 0.5]: round-to-nearest-even n = h*log2(e) by the 1.5*2^23 trick,
+// Cody-Waite reduction, degree-6 Taylor polynomial (|error| ~ 1 ulp), exact scaling by 2^n.
+inline float det_exp(float h) {
+  const float hc = std::max(h, -5.0f);
+  const float shifter = 12582912.0f;  // 1.5 * 2^23
+  const float t = hc * 1.44269504088896341f;
+  const float n = (t + shifter) - shifter;
+  float r = hc - n * 0.693145751953125f;  // ln2 high part (exact product for |n| < 2^8)
+  r = r - n * 1.42860682030941723e-06f;  // ln2 low part
+  float p = 1.38888888888888894e-03f;    // 1/720
+  p = p * r + 8.33333333333333322e-03f;  // 1/120
+  p = p * r + 4.16666666666666644e-02f;  // 1/24
+  p = p * r + 1.66666666666666657e-01f;  // 1/6
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+struct Bins {
+  int64_t tiles_x, tiles_y;
+  std::vector<int32_t> start;  // [T + 1]
+  std::vector<int32_t> ids;    // [pairs], ascending Gaussian index within each tile
+};
+
+// (gaussian, tile) lists from boxes int64 [M, 4] (x0, x1, y0, y1 inclusive, inside the frame).
+Bins bin_tiles(const int64_t* box, int64_t m, int64_t height, int64_t width) {
+  Bins b;
+  b.tiles_x = (width + TILE - 1) / TILE;
+  b.tiles_y = (height + TILE - 1) / TILE;
+  const int64_t n_tiles = b.tiles_x * b.tiles_y;
+  std::vector<int64_t> count(n_tiles + 1, 0);
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t* bx = box + 4 * i;
+    for (int64_t ty = bx[2] / TILE; ty <= bx[3] / TILE; ++ty)
+      for (int64_t tx = bx[0] / TILE; tx <= bx[1] / TILE; ++tx) ++count[ty * b.tiles_x + tx + 1];
+  }
+  for (int64_t t = 0; t < n_tiles; ++t) count[t + 1] += count[t];
+  TORCH_CHECK(count[n_tiles] < INT32_MAX, "too many (gaussian, tile) pairs: ", count[n_tiles]);
+  b.start.assign(count.begin(), count.end());
+  b.ids.resize(count[n_tiles]);
+  std::vector<int64_t> fill(count.begin(), count.end() - 1);
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t* bx = box + 4 * i;
+    for (int64_t ty = bx[2] / TILE; ty <= bx[3] / TILE; ++ty)
+      for (int64_t tx = bx[0] / TILE; tx <= bx[1] / TILE; ++tx)
+        b.ids[fill[ty * b.tiles_x + tx]++] = static_cast<int32_t>(i);
+  }
+  return b;
+}
+
+struct Params {
+  const float* xy;
+  const float* abc;
+  const float* rgb;
+  const int64_t* box;
+};
+
+// The pixel rectangle of Gaussian i inside tile (tx, ty): [x0, x1] x [y0, y1], inclusive.
+inline void clip_rect(const int64_t* bx, int64_t tx, int64_t ty, int64_t& x0, int64_t& x1,
+                      int64_t& y0, int64_t& y1) {
+  x0 = std::max<int64_t>(bx[0], tx * TILE);
+  x1 = std::min<int64_t>(bx[1], tx * TILE + TILE - 1);
+  y0 = std::max<int64_t>(bx[2], ty * TILE);
+  y1 = std::min<int64_t>(bx[3], ty * TILE + TILE - 1);
+}
+
+// Per-Gaussian column terms over the 16 columns of tile column tx: (a*dx)*dx, b2*dx and a
+// 0/1 mask of the columns inside the Gaussian's box. Every lane is computed (fixed trip
+// count, so the compiler vectorises it); lanes outside the box get weight exactly 0.
+struct Cols {
+  alignas(32) float adx2[TILE];
+  alignas(32) float b2dx[TILE];
+  alignas(32) float dx[TILE];
+  alignas(32) float in[TILE];
+};
+
+inline void column_terms(Cols& q, int64_t tx, float cx, float a, float b2, int64_t x0,
+                         int64_t x1) {
+  const float lo = static_cast<float>(x0 - tx * TILE), hi = static_cast<float>(x1 - tx * TILE);
+  const float base = static_cast<float>(tx * TILE);
+  for (int j = 0; j < TILE; ++j) {
+    const float dx = ((base + static_cast<float>(j)) + 0.5f) - cx;
+    q.dx[j] = dx;
+    q.adx2[j] = (a * dx) * dx;
+    q.b2dx[j] = b2 * dx;
+    q.in[j] = static_cast<float>((static_cast<float>(j) >= lo) & (static_cast<float>(j) <= hi));
+  }
+}
+
+// Weights of one pixel row (16 lanes): det_exp(h) where h >= -4.5 and the lane is in the box.
+inline void row_weights(const Cols& q, float dy, float t3, float* w) {
+  for (int j = 0; j < TILE; ++j) {
+    float h = q.adx2[j] + q.b2dx[j] * dy;
+    h = h + t3;
+    const float e = det_exp(h) * q.in[j];  // exact: in is 0 or 1
+    w[j] = h >= CUTOFF ? e : 0.0f;
+  }
+}
+
+// 8-bit output as codec.gop.to_u8 computes it: round-half-even(clamp(v, 0, 1) * 255).
+inline uint8_t to_u8(float v) {
+  const float c = std::min(std::max(v, 0.0f), 1.0f) * 255.0f;
+  return static_cast<uint8_t>(std::nearbyint(c));
+}
+
+template <typename Out>
+void forward_tiles(const Params& p, const Bins& b, int64_t height, int64_t width, Out* out) {
+  const int64_t n_tiles = b.tiles_x * b.tiles_y;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+  for (int64_t t = 0; t < n_tiles; ++t) {
+    const int64_t tx = t % b.tiles_x, ty = t / b.tiles_x;
+    alignas(32) float acc[3][TPIX];
+    std::memset(acc, 0, sizeof acc);
+    Cols q;
+    alignas(32) float w[TILE];
+    for (int32_t k = b.start[t]; k < b.start[t + 1]; ++k) {
+      const int64_t i = b.ids[k];
+      int64_t x0, x1, y0, y1;
+      clip_rect(p.box + 4 * i, tx, ty, x0, x1, y0, y1);
+      const float cx = p.xy[2 * i], cy = p.xy[2 * i + 1];
+      const float a = -0.5f * p.abc[3 * i], b2 = 2.0f * (-0.5f * p.abc[3 * i + 1]),
+                  c = -0.5f * p.abc[3 * i + 2];
+      const float cr = p.rgb[3 * i], cg = p.rgb[3 * i + 1], cb = p.rgb[3 * i + 2];
+      column_terms(q, tx, cx, a, b2, x0, x1);
+      for (int64_t py = y0; py <= y1; ++py) {
+        const float dy = (static_cast<float>(py) + 0.5f) - cy;
+        row_weights(q, dy, (c * dy) * dy, w);
+        const int64_t base = (py - ty * TILE) * TILE;
+        float* ar = acc[0] + base;
+        float* ag = acc[1] + base;
+        float* ab = acc[2] + base;
+        for (int j = 0; j < TILE; ++j) {
+          ar[j] = ar[j] + w[j] * cr;
+          ag[j] = ag[j] + w[j] * cg;
+          ab[j] = ab[j] + w[j] * cb;
+        }
+      }
+    }
+    const int64_t ye = std::min<int64_t>(TILE, height - ty * TILE);
+    const int64_t xe = std::min<int64_t>(TILE, width - tx * TILE);
+    for (int64_t yy = 0; yy < ye; ++yy) {
+      Out* row = out + ((ty * TILE + yy) * width + tx * TILE) * 3;
+      for (int64_t xx = 0; xx < xe; ++xx) {
+        for (int ch = 0; ch < 3; ++ch) {
+          const float v = acc[ch][yy * TILE + xx];
+          if constexpr (std::is_same_v<Out, uint8_t>) {
+            row[3 * xx + ch] = to_u8(v);
+          } else {
+            row[3 * xx + ch] = v;
+          }
+        }
+      }
+    }
+  }
+}
+
+void check_inputs(const at::Tensor& xy, const at::Tensor& abc, const at::Tensor& rgb,
+                  const at::Tensor& box) {
+  TORCH_CHECK(xy.device().is_cpu(), "splat_cpu runs on CPU tensors");
+  TORCH_CHECK(xy.scalar_type() == at::kFloat && abc.scalar_type() == at::kFloat &&
+                  rgb.scalar_type() == at::kFloat,
+              "splat_cpu needs float32 xy, abc, rgb");
+  TORCH_CHECK(box.scalar_type() == at::kLong, "splat_cpu needs int64 boxes");
+  const int64_t m = xy.size(0);
+  TORCH_CHECK(xy.dim() == 2 && xy.size(1) == 2, "xy must be [M, 2]");
+  TORCH_CHECK(abc.dim() == 2 && abc.size(0) == m && abc.size(1) == 3, "abc must be [M, 3]");
+  TORCH_CHECK(rgb.dim() == 2 && rgb.size(0) == m && rgb.size(1) == 3, "rgb must be [M, 3]");
+  TORCH_CHECK(box.dim() == 2 && box.size(0) == m && box.size(1) == 4, "box must be [M, 4]");
+}
+
+// Image float32 [H, W, 3]; with keep_bins also the tile lists (start int32 [T+1], ids int32 [P])
+// for the backward.
+std::vector<at::Tensor> render_forward(at::Tensor xy, at::Tensor abc, at::Tensor rgb,
+                                       at::Tensor box, int64_t height, int64_t width,
+                                       bool keep_bins) {
+  check_inputs(xy, abc, rgb, box);
+  TORCH_CHECK(height > 0 && width > 0, "frame size must be positive");
+  xy = xy.contiguous();
+  abc = abc.contiguous();
+  rgb = rgb.contiguous();
+  box = box.contiguous();
+  Bins b = bin_tiles(box.data_ptr<int64_t>(), xy.size(0), height, width);
+  at::Tensor out = at::empty({height, width, 3}, xy.options());
+  Params p{xy.data_ptr<float>(), abc.data_ptr<float>(), rgb.data_ptr<float>(),
+           box.data_ptr<int64_t>()};
+  forward_tiles(p, b, height, width, out.data_ptr<float>());
+  if (!keep_bins) return {out};
+  auto i32 = at::TensorOptions().dtype(at::kInt);
+  at::Tensor start = at::empty({static_cast<int64_t>(b.start.size())}, i32);
+  at::Tensor ids = at::empty({static_cast<int64_t>(b.ids.size())}, i32);
+  std::memcpy(start.data_ptr<int32_t>(), b.start.data(), b.start.size() * sizeof(int32_t));
+  if (!b.ids.empty())
+    std::memcpy(ids.data_ptr<int32_t>(), b.ids.data(), b.ids.size() * sizeof(int32_t));
+  return {out, start, ids};
+}
+
+// The canonical render as uint8 [H, W, 3] (the decoder's output), without a float image.
+at::Tensor render_forward_u8(at::Tensor xy, at::Tensor abc, at::Tensor rgb, at::Tensor box,
+                             int64_t height, int64_t width) {
+  check_inputs(xy, abc, rgb, box);
+  TORCH_CHECK(height > 0 && width > 0, "frame size must be positive");
+  xy = xy.contiguous();
+  abc = abc.contiguous();
+  rgb = rgb.contiguous();
+  box = box.contiguous();
+  Bins b = bin_tiles(box.data_ptr<int64_t>(), xy.size(0), height, width);
+  at::Tensor out = at::empty({height, width, 3}, at::TensorOptions().dtype(at::kByte));
+  Params p{xy.data_ptr<float>(), abc.data_ptr<float>(), rgb.data_ptr<float>(),
+           box.data_ptr<int64_t>()};
+  forward_tiles(p, b, height, width, out.data_ptr<uint8_t>());
+  return out;
+}
+
+// Gradients (xy [M, 2], abc [M, 3], rgb [M, 3]) of sum(grad_img * image). Per (gaussian, tile)
+// pair sums are written to their own slot by the tile loop (threads never share a slot), then
+// added per Gaussian in a fixed order: deterministic for any thread count.
+std::vector<at::Tensor> render_backward(at::Tensor xy, at::Tensor abc, at::Tensor rgb,
+                                        at::Tensor box, at::Tensor start, at::Tensor ids,
+                                        at::Tensor grad_img) {
+  check_inputs(xy, abc, rgb, box);
+  xy = xy.contiguous();
+  abc = abc.contiguous();
+  rgb = rgb.contiguous();
+  box = box.contiguous();
+  grad_img = grad_img.to(at::kFloat).contiguous();
+  const int64_t height = grad_img.size(0), width = grad_img.size(1), m = xy.size(0);
+  const int64_t tiles_x = (width + TILE - 1) / TILE;
+  const int64_t n_tiles = tiles_x * ((height + TILE - 1) / TILE);
+  TORCH_CHECK(start.numel() == n_tiles + 1, "tile lists do not match the image size");
+  const int32_t* st = start.data_ptr<int32_t>();
+  const int32_t* id = ids.data_ptr<int32_t>();
+  const float* gi = grad_img.data_ptr<float>();
+  const float* pxy = xy.data_ptr<float>();
+  const float* pabc = abc.data_ptr<float>();
+  const float* prgb = rgb.data_ptr<float>();
+  const int64_t* pbox = box.data_ptr<int64_t>();
+  const int64_t n_pairs = ids.numel();
+  std::vector<float> pair(static_cast<size_t>(n_pairs) * 8);
+
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+  for (int64_t t = 0; t < n_tiles; ++t) {
+    const int64_t tx = t % tiles_x, ty = t / tiles_x;
+    for (int32_t k = st[t]; k < st[t + 1]; ++k) {
+      const int64_t i = id[k];
+      int64_t x0, x1, y0, y1;
+      clip_rect(pbox + 4 * i, tx, ty, x0, x1, y0, y1);
+      const float cx = pxy[2 * i], cy = pxy[2 * i + 1];
+      const float A = pabc[3 * i], B = pabc[3 * i + 1], C = pabc[3 * i + 2];
+      const float a = -0.5f * A, b2 = 2.0f * (-0.5f * B), c = -0.5f * C;
+      const float cr = prgb[3 * i], cg = prgb[3 * i + 1], cb = prgb[3 * i + 2];
+      // sums over the pair's pixels of g = dL/dh and its moments in dx, dy, kept per lane
+      Cols q;
+      column_terms(q, tx, cx, a, b2, x0, x1);
+      alignas(32) float w[TILE];
+      alignas(32) float l_dx[TILE] = {}, l_dy[TILE] = {}, l_dx2[TILE] = {}, l_dxdy[TILE] = {},
+                        l_dy2[TILE] = {}, l_r[TILE] = {}, l_g[TILE] = {}, l_b[TILE] = {};
+      // the gradient image of this tile row, de-interleaved into 16 lanes per channel
+      alignas(32) float g0[TILE], g1[TILE], g2[TILE];
+      for (int64_t py = y0; py <= y1; ++py) {
+        const float dy = (static_cast<float>(py) + 0.5f) - cy;
+        row_weights(q, dy, (c * dy) * dy, w);
+        const float* grow = gi + (py * width + tx * TILE) * 3;
+        const int64_t xe = std::min<int64_t>(TILE, width - tx * TILE);
+        for (int j = 0; j < TILE; ++j) {
+          const bool ok = j < xe;
+          g0[j] = ok ? grow[3 * j] : 0.0f;
+          g1[j] = ok ? grow[3 * j + 1] : 0.0f;
+          g2[j] = ok ? grow[3 * j + 2] : 0.0f;
+        }
+        for (int j = 0; j < TILE; ++j) {
+          l_r[j] += w[j] * g0[j];
+          l_g[j] += w[j] * g1[j];
+          l_b[j] += w[j] * g2[j];
+          const float g = w[j] * (g0[j] * cr + g1[j] * cg + g2[j] * cb);  // dL/dh
+          const float dx = q.dx[j];
+          l_dx[j] += g * dx;
+          l_dy[j] += g * dy;
+          l_dx2[j] += g * dx * dx;
+          l_dxdy[j] += g * dx * dy;
+          l_dy2[j] += g * dy * dy;
+        }
+      }
+      float s_g_dx = 0, s_g_dy = 0, s_g_dx2 = 0, s_g_dxdy = 0, s_g_dy2 = 0;
+      float s_r = 0, s_gr = 0, s_b = 0;
+      for (int j = 0; j < TILE; ++j) {
+        s_g_dx += l_dx[j];
+        s_g_dy += l_dy[j];
+        s_g_dx2 += l_dx2[j];
+        s_g_dxdy += l_dxdy[j];
+        s_g_dy2 += l_dy2[j];
+        s_r += l_r[j];
+        s_gr += l_g[j];
+        s_b += l_b[j];
+      }
+      // h = -(A dx^2 + 2 B dx dy + C dy^2) / 2, dx = px - cx:
+      // dh/dcx = A dx + B dy, dh/dcy = B dx + C dy, dh/dA = -dx^2/2, dh/dB = -dx dy, dh/dC = -dy^2/2
+      float* o = pair.data() + static_cast<size_t>(k) * 8;
+      o[0] = A * s_g_dx + B * s_g_dy;
+      o[1] = B * s_g_dx + C * s_g_dy;
+      o[2] = -0.5f * s_g_dx2;
+      o[3] = -s_g_dxdy;
+      o[4] = -0.5f * s_g_dy2;
+      o[5] = s_r;
+      o[6] = s_gr;
+      o[7] = s_b;
+    }
+  }
+  at::Tensor grads = at::zeros({m, 8}, xy.options());
+  float* g = grads.data_ptr<float>();
+  for (int64_t k = 0; k < n_pairs; ++k) {
+    float* gg = g + static_cast<int64_t>(id[k]) * 8;
+    const float* o = pair.data() + static_cast<size_t>(k) * 8;
+    for (int q = 0; q < 8; ++q) gg[q] += o[q];
+  }
+  return {grads.slice(1, 0, 2), grads.slice(1, 2, 5), grads.slice(1, 5, 8)};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("render_forward", &render_forward, "fused tile render (CPU)");
+  m.def("render_forward_u8", &render_forward_u8, "fused tile render to uint8 (CPU)");
+  m.def("render_backward", &render_backward, "fused tile render backward (CPU)");
+}
