@@ -22,7 +22,7 @@ from codec.enhance.model import EnhanceNet
 from codec.errors import CodecError
 
 WEIGHTS_PATH = Path(__file__).with_name("enhancer.pt")
-WEIGHTS_SHA256 = "db933a00c8e7277bb5f1da4349bcbec483390dbb1e9fd6725ea5572b1f87c51b"
+WEIGHTS_SHA256 = "12ac43c89dc8f861234a1efadee66dc3d8a407d6ba727d0797a5324b3f26bb36"
 RESTORE_HINT = (
     "restore it with `git checkout -- codec/enhance/enhancer.pt` (or reinstall splatpack), "
     "or retrain it with the command in codec/enhance/README.md"

@@ -115,10 +115,18 @@ def test_gop_format_6_enhancer_field_and_fuzz() -> None:
         pack_gop(header, frames, record)  # format 5 has no enhancer field
 
 
-def test_old_format_5_fixture_still_decodes_exactly() -> None:
-    """A GOP written by the format-5 encoder (tests/codec/data/gop_v5.bin, made at main 20eb71a)."""
-    payload = (DATA / "gop_v5.bin").read_bytes()
-    expected = np.load(DATA / "gop_v5_recon.npy")
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gop_v5",  # format 5, legacy render (flags 0), written at main 20eb71a
+        "gop_v5_canonical",  # format 5, RENDER_CANONICAL flag, written at main 2505efc
+    ],
+)
+def test_old_format_5_fixtures_still_decode_exactly(name: str) -> None:
+    """GOPs written by format-5 encoders decode to what those encoders reconstructed."""
+    payload = (DATA / f"{name}.bin").read_bytes()
+    expected = np.load(DATA / f"{name}_recon.npy")
+    assert payload[4] == 5
     np.testing.assert_array_equal(decode_gop(payload), expected)
     np.testing.assert_array_equal(decode_gop(payload, enhance=False), expected)
 
