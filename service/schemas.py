@@ -27,7 +27,11 @@ class JobOptions(_Strict):
     quality: int = Field(default=5, ge=1, le=10, description="1 (smallest) .. 10 (best)")
     gop: int = Field(default=30, ge=1, le=600, description="frames per group of pictures")
     enhance: bool = Field(
-        default=False, description="run the enhancer (accepted now, used when it exists)"
+        default=False,
+        description=(
+            "run the enhancer after decoding (codec/enhance: per-GOP strength and modulation, "
+            "kept where they pay); report.json gives quality with and without it"
+        ),
     )
     priority: int = Field(default=0, ge=-50, le=50, description="higher runs first")
     max_frames: int | None = Field(
