@@ -6,9 +6,27 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-fast lint typecheck check bench clean
+.PHONY: setup player-setup chromium demo test test-fast test-player lint typecheck check bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) player-setup
+
+# The browser player (player/): Node packages for its tests (npm, dev tools only) and Debian's
+# chromium for the headless browser test. apt-get runs only when chromium is missing (as root, or
+# through sudo when there is one).
+NODE_STAMP := player/node_modules/.installed-stamp
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+
+player-setup: $(NODE_STAMP) chromium
+
+$(NODE_STAMP): player/package.json player/package-lock.json
+	cd player && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the player's browser test"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "splatpack needs Python 3.11, found " + sys.version' 
@@ -24,9 +42,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m workers.demo
 
-test: $(STAMP)
+test: setup
 	$(BIN)/ruff check codec service workers infra tests bench
+	cd player && node --test test/
 	$(BIN)/pytest -q
+
+# the player's Node tests alone (decoder against the Python-written fixtures)
+test-player: setup
+	cd player && node --test test/
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"

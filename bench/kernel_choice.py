@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     import numba as nb
 
     height, width, n = 528, 720, 15000
-    xy, abc, rgb, box = _drawable(make_gaussians(n, height, width, seed=0), height, width)
+    xy, abc, rgb, box = _drawable(ext, make_gaussians(n, height, width, seed=0), height, width)
     _, start, ids = ext.render_forward(xy, abc, rgb, box, height, width, True)
     np_args = (xy.numpy(), abc.numpy(), rgb.numpy(), box.numpy(), start.numpy(), ids.numpy())
     tiles_x = -(-width // 16)

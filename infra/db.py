@@ -101,6 +101,15 @@ def resolve_database_url(settings: Settings) -> str:
         return server.url
 
 
+def adopt_embedded(settings: Settings) -> None:
+    """Own the embedded server of ``settings.data_dir`` this process attached to (its
+    starter died), so that this process stops it at exit."""
+    with _embedded_lock:
+        server = _embedded.get((settings.data_dir / "pg").absolute())
+    if server is not None:
+        server.adopt()
+
+
 def shutdown_embedded() -> None:
     """Stop the embedded servers this process started (also runs at exit)."""
     with _embedded_lock:

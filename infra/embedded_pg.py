@@ -179,6 +179,12 @@ class EmbeddedPostgres:
         self._owned = False
         self.port = None
 
+    def adopt(self) -> None:
+        """Take ownership of the server this object attached to (its starter died): ``stop()``
+        then stops it."""
+        if self.port is not None:
+            self._owned = True
+
     @property
     def owns_server(self) -> bool:
         """True when this object started the server it is connected to."""

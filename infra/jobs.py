@@ -17,11 +17,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from infra.models import CallbackStatus, Job
+from infra.models import CallbackStatus, Job, JobStatus
 
 
 def job_output_prefix(tenant_id: uuid.UUID, job_id: uuid.UUID) -> str:
@@ -100,3 +100,18 @@ def create_job(session: Session, tenant_id: uuid.UUID, **fields: Any) -> Job:
     """Create a job (or return the idempotent twin); see :func:`create_or_get_job`."""
     job, _created = create_or_get_job(session, tenant_id, **fields)
     return job
+
+
+def requeue_leases_of(session: Session, worker_id: str) -> list[uuid.UUID]:
+    """Hand the running jobs leased to ``worker_id`` (a runner known to be dead) back to the
+    queue now rather than when their leases run out; returns their ids. The attempt they
+    used stays counted, so a job that kills its runner every time still ends at
+    ``max_attempts``."""
+    rows = session.execute(
+        update(Job)
+        .where(Job.status == JobStatus.running, Job.lease_owner == worker_id)
+        .values(status=JobStatus.queued, phase=None, lease_owner=None, lease_expires_at=None)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [row[0] for row in rows]

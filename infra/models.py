@@ -117,6 +117,8 @@ class Batch(Base):
     )
     source: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)  # the request that made it
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # sha256 hex of the request that first used idempotency_key (migration 0004)
+    idempotency_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
 
@@ -162,6 +164,8 @@ class Job(Base):
         ForeignKey("schedules.id", ondelete="SET NULL")
     )
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # sha256 hex of the request that first used idempotency_key (migration 0004)
+    idempotency_hash: Mapped[str | None] = mapped_column(String(64))
 
     # what to do
     input_uri: Mapped[str] = mapped_column(

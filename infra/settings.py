@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     storage_root: Path | None = None  # local backend root; default data_dir/storage
     s3_bucket: str = "splatpack"
     s3_endpoint_url: str | None = None  # MinIO / moto / other S3-compatible servers
+    # the endpoint clients reach for presigned URLs when it differs from s3_endpoint_url
+    # (compose: the API reaches http://minio:9000, the host http://127.0.0.1:9000)
+    s3_public_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     s3_multipart_threshold_bytes: int = 64 * 1024 * 1024
     s3_presign_seconds: int = 3600
@@ -75,7 +78,12 @@ class Settings(BaseSettings):
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    public_base_url: str = "http://127.0.0.1:8000"
+    # base of the download links the API hands out; empty: the base URL each request came to
+    # (behind a proxy that rewrites hosts, set the public URL here)
+    public_base_url: str = ""
+    # /metrics: with a token, only requests bearing it (Authorization: Bearer <token>); without,
+    # only clients on loopback addresses (a scraper on the same host or in the same pod)
+    metrics_token: str = ""
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
     max_request_json_bytes: int = 1024 * 1024
     allowed_input_roots: list[Path] = Field(

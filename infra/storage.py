@@ -261,6 +261,7 @@ class S3Storage:
         create_bucket: bool = False,
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
+        public_endpoint_url: str | None = None,
     ) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
@@ -287,6 +288,19 @@ class S3Storage:
             aws_access_key_id=access_key_id,
             aws_secret_access_key=secret_access_key,
         )
+        # presigned URLs are for clients elsewhere: signed for the endpoint they reach (signing
+        # makes no request, so this client never talks to that address itself)
+        self.public_endpoint_url = public_endpoint_url or None
+        self._presign_client: Any = self._client
+        if self.public_endpoint_url and self.public_endpoint_url != self.endpoint_url:
+            self._presign_client = boto3.session.Session().client(
+                "s3",
+                endpoint_url=self.public_endpoint_url,
+                region_name=region,
+                config=config.merge(Config(s3={"addressing_style": "path"})),
+                aws_access_key_id=access_key_id,
+                aws_secret_access_key=secret_access_key,
+            )
         self._transfer = TransferConfig(
             multipart_threshold=max(1, multipart_threshold_bytes),
             multipart_chunksize=max(_MIN_PART_BYTES, multipart_chunksize_bytes),
@@ -400,7 +414,7 @@ class S3Storage:
 
     def presign_get(self, key: str, expires_s: int = 3600) -> str | None:
         return str(
-            self._client.generate_presigned_url(
+            self._presign_client.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": validate_key(key)},
                 ExpiresIn=int(expires_s),
@@ -416,7 +430,7 @@ class S3Storage:
         if content_length is not None:
             params["ContentLength"] = int(content_length)
         return str(
-            self._client.generate_presigned_url(
+            self._presign_client.generate_presigned_url(
                 "put_object", Params=params, ExpiresIn=int(expires_s)
             )
         )
@@ -434,6 +448,7 @@ def make_storage(settings: Settings, *, create_bucket: bool = False) -> Storage:
             region=settings.s3_region,
             multipart_threshold_bytes=settings.s3_multipart_threshold_bytes,
             create_bucket=create_bucket,
+            public_endpoint_url=settings.s3_public_endpoint_url,
         )
     if settings.storage_backend == "local":
         return LocalStorage(settings.resolved_storage_root)

@@ -29,11 +29,13 @@ from infra.settings import Settings, get_settings
 from infra.storage import Storage, make_storage
 from service.deps import Clock, utc_now
 from service.errors import install_error_handlers
-from service.metrics import make_registry
-from service.middleware import BodySizeLimitMiddleware
-from service.routers import batches, callback_secret, health, jobs, schedules, uploads
+from service.metrics import HttpMetrics, make_registry
+from service.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
+from service.player_static import mount_player
+from service.routers import batches, callback_secret, health, jobs, me, schedules, uploads
 from service.routers.uploads import MULTIPART_OVERHEAD_BYTES
 from service.scheduler import run_scheduler_loop
+from service.schemas import error_responses
 
 API_PREFIX = "/v1"
 
@@ -93,18 +95,21 @@ def create_app(
     app.state.storage = storage
     app.state.clock = clock
     app.state.metrics_registry = make_registry(session_factory)
+    app.state.http_metrics = HttpMetrics(app.state.metrics_registry)
 
     app.add_middleware(
         BodySizeLimitMiddleware,
         default_limit=settings.max_request_json_bytes,
         limits={f"{API_PREFIX}/uploads": settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES},
     )
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.http_metrics)  # outermost
     install_error_handlers(app)
 
-    v1 = APIRouter(prefix=API_PREFIX)
-    for module in (jobs, uploads, batches, schedules, callback_secret):
+    v1 = APIRouter(prefix=API_PREFIX, responses=error_responses(400, 401, 404, 413, 422, 503))
+    for module in (jobs, uploads, batches, schedules, callback_secret, me):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
     app.include_router(health.router, prefix=API_PREFIX, include_in_schema=False)
+    mount_player(app)  # the browser player at /player/ (service/player_static.py)
     return app

@@ -4,6 +4,10 @@ Messages say what was wrong and what to do about it. Validation errors list each
 bad field; malformed JSON is a 400; bodies over the size limit are a 413; no free
 database connection within ``db_pool_timeout_s`` is a 503 ``database_busy`` and
 an unreachable database a 503 ``database_unavailable`` (both with Retry-After).
+A value the database refuses (``DataError``: out of range, bad text) is a 422
+that names the column when Postgres does; a unique-constraint race a 409. Any
+other failure is a 500 that says ``Connection: close``: the server closes the
+connection after it, and a client must know not to reuse it.
 """
 
 from __future__ import annotations
@@ -76,9 +80,20 @@ def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
     return name or "body"
 
 
+def _error_field(error: dict[str, Any]) -> str:
+    """The field an error is about; a body-level check names the value inside in its ctx."""
+    where = _field_name(error.get("loc", ()))
+    inner = (error.get("ctx") or {}).get("field") if error.get("type") == "unstorable_value" else ""
+    if not inner:
+        return where
+    return inner if where == "body" else f"{where}.{inner}"
+
+
 def _describe(error: dict[str, Any]) -> str:
     message = str(error.get("msg", "invalid value"))
     kind = str(error.get("type", ""))
+    if kind == "unstorable_value":
+        return str((error.get("ctx") or {}).get("problem", message))
     if kind == "missing":
         return "is required"
     if kind in ("literal_error", "enum", "greater_than_equal", "less_than_equal", "url_scheme"):
@@ -101,10 +116,7 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
                     "send a JSON object with Content-Type: application/json",
                 ),
             )
-    details = [
-        {"field": _field_name(error.get("loc", ())), "message": _describe(error)}
-        for error in errors
-    ]
+    details = [{"field": _error_field(error), "message": _describe(error)} for error in errors]
     message = "; ".join(f"{d['field']}: {d['message']}" for d in details) or "invalid request"
     return JSONResponse(
         status_code=422,
@@ -156,17 +168,45 @@ def install_error_handlers(app: FastAPI) -> None:
             5,
         )
 
+    async def on_data_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, sqlalchemy.exc.DataError)
+        _log.info("database refused a value: %s", exc.orig)
+        column = getattr(getattr(exc.orig, "diag", None), "column_name", None)
+        first_line = str(exc.orig).strip().splitlines()[0] if exc.orig else "invalid value"
+        where = f"field {column!r}: " if column else ""
+        return JSONResponse(
+            status_code=422,
+            content=error_body(
+                "validation_error",
+                f"{where}the database cannot store a value of this request ({first_line}); "
+                "send a smaller number or plain text",
+                [{"field": column or "body", "message": first_line}],
+            ),
+        )
+
+    async def on_integrity_error(_request: Request, exc: Exception) -> JSONResponse:
+        _log.info("integrity error: %s", exc)
+        return JSONResponse(
+            status_code=409,
+            content=error_body("conflict", "the request conflicts with a concurrent one; retry it"),
+        )
+
     async def on_unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
         _log.exception("unhandled error", exc_info=exc)
+        # the server drops the connection after an unhandled error: say so, so that the
+        # client does not send its next request down a closed keep-alive connection
         return JSONResponse(
             status_code=500,
             content=error_body(
                 "internal_error", "internal error; retry later or contact the operator"
             ),
+            headers={"Connection": "close"},
         )
 
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(sqlalchemy.exc.TimeoutError, on_pool_timeout)
     app.add_exception_handler(sqlalchemy.exc.OperationalError, on_database_down)
+    app.add_exception_handler(sqlalchemy.exc.DataError, on_data_error)
+    app.add_exception_handler(sqlalchemy.exc.IntegrityError, on_integrity_error)
     app.add_exception_handler(Exception, on_unexpected_error)

@@ -11,6 +11,14 @@
   scrape reads 13 rows however many GOPs exist; the counts never go down
   (deleting a job does not take its observations back), as Prometheus expects
 - ``splatpack_metrics_db_up``: 1 when the database answered this scrape
+- ``splatpack_http_requests_total{method,route,status}`` and
+  ``splatpack_http_request_duration_seconds{method,route}``: this API process's requests
+  by route template (``/v1/jobs/{job_id}``, never the concrete path, so the label set
+  stays small; ``unmatched`` for paths no route took), kept in memory per process
+  (:class:`HttpMetrics`, fed by ``service.middleware.RequestMetricsMiddleware``)
+
+Job counts are totals over all tenants; ``/metrics`` is for the operator (loopback or
+``metrics_token``, ``service/routers/health.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import logging
 import math
 from collections.abc import Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -104,6 +112,32 @@ def cumulative_buckets(
     if not buckets or buckets[-1][0] != "+Inf":
         buckets.append(("+Inf", running))
     return buckets, total
+
+
+HTTP_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class HttpMetrics:
+    """Request counts and latencies by method and route template, in ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "splatpack_http_requests",
+            "HTTP requests by method, route template and status",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "splatpack_http_request_duration_seconds",
+            "Seconds from request start to the end of the response, by route template",
+            ["method", "route"],
+            buckets=HTTP_SECONDS_BUCKETS,
+            registry=registry,
+        )
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.seconds.labels(method, route).observe(seconds)
 
 
 def make_registry(session_factory: sessionmaker[Session]) -> CollectorRegistry:

@@ -1,16 +1,22 @@
-"""Request body size limits, enforced while the body streams in (not after).
+"""ASGI middleware: request body size limits, and request metrics.
 
-A ``Content-Length`` over the limit is refused before reading anything; a body
+Body limits are enforced while the body streams in (not after): a
+``Content-Length`` over the limit is refused before reading anything; a body
 without one (chunked) is counted and cut off as soon as it passes the limit.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import ApiError, error_body
+
+if TYPE_CHECKING:
+    from service.metrics import HttpMetrics
 
 
 class BodyTooLarge(ApiError):
@@ -88,3 +94,44 @@ class BodySizeLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class RequestMetricsMiddleware:
+    """Counts every HTTP request and times it, labelled by the route template that served it
+    (set in the scope by FastAPI's router), else ``unmatched``."""
+
+    def __init__(self, app: ASGIApp, *, metrics: HttpMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client sees when the app fails before answering
+
+        async def status_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, status_send)
+        finally:
+            self.metrics.observe(
+                scope.get("method", "GET"),
+                route_template(scope),
+                status,
+                time.perf_counter() - started,
+            )
+
+
+def route_template(scope: Scope) -> str:
+    """The path template of the route that served ``scope`` (``/v1/jobs/{job_id}``), else
+    ``unmatched``. FastAPI >= 0.16x keeps the full template of an included router's route in
+    ``scope["fastapi"]["effective_route_context"]``; ``scope["route"]`` has it otherwise."""
+    context = (scope.get("fastapi") or {}).get("effective_route_context")
+    template = getattr(context, "path", None) or getattr(scope.get("route"), "path", None)
+    return str(template) if template else "unmatched"

@@ -17,9 +17,10 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 from croniter import croniter
+from croniter.croniter import CroniterError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,6 +34,9 @@ from service.schemas import JobTemplate
 _log = logging.getLogger(__name__)
 
 _IN_CHUNK = 500
+# cron proofs start from a leap year's first day, so '0 0 29 2 *' is seen to fire
+_CRON_PROOF_START = datetime(2028, 1, 1, tzinfo=UTC)
+_NEVER = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def validate_cron(expression: str) -> str:
@@ -43,6 +47,13 @@ def validate_cron(expression: str) -> str:
             f"cron {expression!r} is not a valid 5-field expression "
             "(minute hour day-of-month month day-of-week, in UTC), e.g. '*/15 * * * *'"
         )
+    try:  # valid fields can still name a day that never comes, e.g. '0 0 31 2 *'
+        next_run_after(expression, _CRON_PROOF_START)
+    except (CroniterError, ValueError, OverflowError) as err:
+        raise ValueError(
+            f"cron {expression!r} never fires (no date matches all its fields, e.g. "
+            "February 31st); check the day-of-month and month fields"
+        ) from err
     return expression
 
 
@@ -138,7 +149,11 @@ def tick(
                 continue
             jobs = []
         schedule.last_run_at = now
-        schedule.next_run_at = next_run_after(schedule.cron, now)
+        try:
+            schedule.next_run_at = next_run_after(schedule.cron, now)
+        except (CroniterError, ValueError, OverflowError):  # stored before crons were proven
+            _log.error("schedule %s: cron %r never fires; parking it", schedule.id, schedule.cron)
+            schedule.next_run_at = _NEVER
         session.commit()
         created.extend(jobs)
     return created

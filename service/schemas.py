@@ -7,14 +7,93 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic_core import PydanticCustomError
 
-from infra.models import Batch, Job, JobPhase, JobStatus, Schedule
+from infra.models import TERMINAL_STATUSES, Batch, Job, JobPhase, JobStatus, Schedule
+from service.validation import INT32_MAX, JsonTextError, check_json_tree
 
 Preset = Literal["fast", "slow"]
 
 
 class _Strict(BaseModel):
+    """Request bodies: unknown fields refused, no coercion of strings into numbers or booleans
+    (``strict`` on those fields), and every value storable (``service.validation``)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        try:
+            check_json_tree(data)
+        except JsonTextError as err:
+            raise PydanticCustomError(
+                "unstorable_value", "{problem}", {"field": err.field, "problem": err.problem}
+            ) from err
+        return data
+
+
+# ---------------------------------------------------------------- errors
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="stable machine-readable code, e.g. validation_error")
+    message: str = Field(description="what was wrong and what to do")
+    details: list[ErrorDetail] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error answer (``service.errors``)."""
+
+    error: ErrorInfo
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given error statuses."""
+    meaning = {
+        400: "malformed request (JSON that does not parse, a cursor this API did not return)",
+        401: "missing, invalid or revoked API key",
+        403: "not allowed from this client",
+        404: "no such resource for this tenant",
+        409: "conflicts with the resource's state or with an earlier Idempotency-Key",
+        413: "request body over the size limit",
+        415: "wrong content type",
+        422: "a field is invalid; details name each one",
+        503: "the database is busy or unreachable; retry after Retry-After seconds",
+    }
+    return {code: {"model": ErrorResponse, "description": meaning[code]} for code in codes}
+
+
+# ------------------------------------------------------------------ me
+
+
+class TenantLimits(BaseModel):
+    max_upload_bytes: int
+    max_request_json_bytes: int
+    max_user_metadata_bytes: int
+    max_batch_inputs: int
+    max_input_frames: int
+    max_input_pixels: int
+    max_input_seconds: float
+
+
+class MePublic(BaseModel):
+    """Who the key belongs to and where its files live."""
+
+    tenant_id: uuid.UUID
+    tenant_name: str
+    storage_prefix: str = Field(description="tenants/<id>/: every key of yours starts with it")
+    storage_uri: str | None = Field(
+        description="s3://<bucket>/tenants/<id>/ with S3 storage (use it as a batch or schedule "
+        "input_prefix); null with local storage"
+    )
+    uploads_prefix: str
+    limits: TenantLimits
 
 
 # ------------------------------------------------------------------ jobs
@@ -24,18 +103,27 @@ class JobOptions(_Strict):
     """How to encode: shared by single jobs, batches and schedule templates."""
 
     preset: Preset = Field(default="fast", description="encoder preset: fast or slow")
-    quality: int = Field(default=5, ge=1, le=10, description="1 (smallest) .. 10 (best)")
-    gop: int = Field(default=30, ge=1, le=600, description="frames per group of pictures")
+    quality: int = Field(
+        default=5, ge=1, le=10, strict=True, description="1 (smallest) .. 10 (best)"
+    )
+    gop: int = Field(
+        default=30, ge=1, le=600, strict=True, description="frames per group of pictures"
+    )
     enhance: bool = Field(
         default=False,
+        strict=True,
         description=(
             "run the enhancer after decoding (codec/enhance: per-GOP strength and modulation, "
             "kept where they pay); report.json gives quality with and without it"
         ),
     )
-    priority: int = Field(default=0, ge=-50, le=50, description="higher runs first")
+    priority: int = Field(default=0, ge=-50, le=50, strict=True, description="higher runs first")
     max_frames: int | None = Field(
-        default=None, ge=1, description="encode at most this many frames"
+        default=None,
+        ge=1,
+        le=INT32_MAX,
+        strict=True,
+        description="encode at most this many frames",
     )
     output_prefix: str | None = Field(
         default=None,
@@ -86,8 +174,11 @@ class JobError(BaseModel):
 class JobPublic(BaseModel):
     id: uuid.UUID
     status: JobStatus
-    phase: JobPhase | None
-    progress_percent: float
+    phase: JobPhase | None = Field(description="what a running job is doing; null otherwise")
+    progress_percent: float = Field(
+        description="0..100: each phase starts at a fixed point, encoding moves with the GOPs "
+        "done; 100 once succeeded"
+    )
     input: str
     preset: str
     quality: int
@@ -126,7 +217,7 @@ class JobPublic(BaseModel):
         return cls(
             id=job.id,
             status=job.status,
-            phase=job.phase,
+            phase=None if job.status in TERMINAL_STATUSES else job.phase,
             progress_percent=job_progress_percent(job),
             input=job.input_uri,
             preset=job.preset,
@@ -162,13 +253,36 @@ class JobPublic(BaseModel):
         )
 
 
-def job_progress_percent(job: Job) -> float:
-    """100 when succeeded, else GOPs done over GOPs total (0 before probing)."""
-    if job.status == JobStatus.succeeded:
+# where each phase starts on the 0..100 progress scale; encoding spans ENCODING_START ..
+# PHASE_START["assembling"] in proportion to GOPs done, so a job moves through every phase
+# (a one-GOP job too) and never goes backwards
+PHASE_START: dict[JobPhase, float] = {
+    JobPhase.probing: 0.0,
+    JobPhase.encoding: 5.0,
+    JobPhase.assembling: 90.0,
+    JobPhase.verifying: 93.0,
+    JobPhase.uploading: 97.0,
+}
+
+
+def progress_percent(
+    status: JobStatus, phase: JobPhase | None, gops_done: int, gops_total: int | None
+) -> float:
+    """100 when succeeded; while running, the phase's start, plus within encoding the share of
+    GOPs done; else (queued, failed, canceled) GOPs done over total, as far as it got."""
+    encode_span = PHASE_START[JobPhase.assembling] - PHASE_START[JobPhase.encoding]
+    done_share = min(1.0, gops_done / gops_total) if gops_total else 0.0
+    if status == JobStatus.succeeded:
         return 100.0
-    if not job.gops_total:
-        return 0.0
-    return round(min(100.0, 100.0 * job.gops_done / job.gops_total), 1)
+    if status == JobStatus.running and phase is not None:
+        if phase == JobPhase.encoding:
+            return round(PHASE_START[phase] + encode_span * done_share, 1)
+        return PHASE_START[phase]
+    return round(100.0 * done_share, 1)
+
+
+def job_progress_percent(job: Job) -> float:
+    return progress_percent(job.status, job.phase, job.gops_done, job.gops_total)
 
 
 class JobsPage(BaseModel):
@@ -208,6 +322,8 @@ class PresignedUploadCreate(_Strict):
     size_bytes: int | None = Field(
         default=None,
         ge=1,
+        le=2**63 - 1,
+        strict=True,
         description="the file's exact size: the URL then accepts only a body of that length "
         "(at most the upload limit; larger objects are refused when submitted anyway)",
     )
@@ -225,7 +341,9 @@ class PresignedUpload(BaseModel):
 
 
 class BatchCreate(_Strict):
-    inputs: list[str] | None = Field(default=None, min_length=1, description="one job per input")
+    inputs: list[str] | None = Field(
+        default=None, min_length=1, max_length=10_000, description="one job per input"
+    )
     input_prefix: str | None = Field(
         default=None,
         max_length=1024,
@@ -299,6 +417,13 @@ class SchedulePublic(BaseModel):
             last_run_at=schedule.last_run_at,
             created_at=schedule.created_at,
         )
+
+
+class BatchesPage(BaseModel):
+    items: list[BatchPublic]
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= for the next page; null at the end"
+    )
 
 
 class SchedulesPublic(BaseModel):

@@ -125,6 +125,7 @@ def _stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> Non
 def cmd_serve(args: argparse.Namespace) -> int:
     from infra.db import make_engine, make_session_factory, resolve_database_url, run_migrations
     from infra.ray_conn import connect_ray
+    from infra.serve_state import ServeSupervisor
     from infra.storage import make_storage
     from infra.tenants import create_tenant_key
     from workers.runner import Runner
@@ -134,6 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"callback_allow_private": True})
     host = args.host or settings.api_host
     port = args.port or settings.api_port
+    supervisor = ServeSupervisor.start(settings.data_dir, host, port)  # live serve, busy port
     print("starting Postgres ...", flush=True)
     db_url = resolve_database_url(settings)
     run_migrations(db_url)
@@ -141,13 +143,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     storage = make_storage(settings, create_bucket=True)
     engine = make_engine(db_url, settings)
     session_factory = make_session_factory(engine)
+    supervisor.recover(settings, session_factory)  # after a crashed serve: its jobs re-queued
     with session_factory.begin() as session:
         api_key = create_tenant_key(session, "default")
     env = dict(os.environ, SPLATPACK_DATABASE_URL=db_url)
     env.setdefault("SPLATPACK_DATA_DIR", str(settings.data_dir))
     if settings.callback_allow_private:
         env["SPLATPACK_CALLBACK_ALLOW_PRIVATE"] = "true"
-    api = subprocess.Popen(api_command(host, port), env=env)
+    api = subprocess.Popen(api_command(host, port), env=env, **supervisor.child_popen_kwargs())
+    supervisor.register(api.pid)
     api_url = f"http://{host}:{port}"
     try:
         with _stop_on_signals() as stop:
@@ -158,7 +162,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"API key for tenant 'default': {api_key}")
             print(f"  export SPLATPACK_API_URL={api_url} SPLATPACK_API_KEY={api_key}")
             print("Ctrl-C stops everything.", flush=True)
-            runner = Runner(settings, session_factory, storage)
+            runner = Runner(settings, session_factory, storage, worker_id=supervisor.worker_id)
             watcher = threading.Thread(target=_stop_when_exits, args=(api, stop), daemon=True)
             watcher.start()
             runner.run_forever(stop)
@@ -166,6 +170,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 return _error(f"the API process exited with code {api.returncode}")
     finally:
         _stop_process(api)
+        supervisor.close()
         _shutdown_ray()
         engine.dispose()
     return 0
@@ -308,11 +313,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from infra.db import make_engine, make_session_factory, resolve_database_url, run_migrations
+    from infra.db import make_engine, make_session_factory, run_migrations
+    from infra.serve_state import keys_database_url
     from infra.tenants import create_tenant_key
 
     settings = _settings()
-    db_url = resolve_database_url(settings)
+    db_url = keys_database_url(settings)  # the server's database, or refuse saying how
     run_migrations(db_url)
     engine = make_engine(db_url, settings)
     try:

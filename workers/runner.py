@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import threading
@@ -301,6 +302,7 @@ class Runner:
     def _terminal_values(job: Job, status: JobStatus) -> dict[str, Any]:
         return {
             "status": status,
+            "phase": None,  # an ended job is in no phase
             "finished_at": func.now(),
             "lease_owner": None,
             "lease_expires_at": None,
@@ -402,12 +404,13 @@ class Runner:
     ) -> None:
         values: dict[str, Any] = {
             "status": JobStatus.queued,
+            "phase": None,
             "lease_owner": None,
             "lease_expires_at": None,
         }
         if code is not None:
             values["error_code"] = code
-            values["error_message"] = message
+            values["error_message"] = self._public(message)
         if refund_attempt:
             values["attempts"] = Job.attempts - 1
         try:
@@ -440,7 +443,7 @@ class Runner:
                     error_message=None,
                 )
             elif code is not None:
-                values.update(error_code=code, error_message=message)
+                values.update(error_code=code, error_message=self._public(message))
             s.execute(
                 update(Job)
                 .where(Job.id == job.id)
@@ -448,6 +451,18 @@ class Runner:
                 .execution_options(synchronize_session=False)
             )
         self._after_terminal(handle.job_id)
+
+    def _public(self, message: str | None) -> str | None:
+        """``message`` without this server's paths (scratch files, local storage): each path
+        under them is cut to its file name."""
+        if message is None:
+            return None
+        roots = {
+            str(Path(self.settings.data_dir).absolute()),
+            str(Path(self.settings.data_dir).resolve()),
+            str(Path(self.settings.resolved_storage_root).absolute()),
+        }
+        return redact_paths(message, roots)
 
     def _after_terminal(self, job_id: uuid.UUID) -> None:
         """Best effort: drop the per-GOP payloads; nudge the dispatcher (the callback, if any,
@@ -463,6 +478,14 @@ class Runner:
         except Exception:
             log.exception("job %s: could not delete GOP payloads", job_id)
         self.dispatcher.wake()
+
+
+def redact_paths(text: str, roots: set[str]) -> str:
+    """``text`` with every path under one of ``roots`` replaced by its last component."""
+    for root in sorted((r.rstrip("/") for r in roots if r.strip("/")), key=len, reverse=True):
+        pattern = re.compile(re.escape(root) + r"(/[^\s'\"),;]*)?")
+        text = pattern.sub(lambda m: Path(m.group(0)).name or "<server path>", text)
+    return text
 
 
 def _describe(exc: BaseException) -> str:

@@ -19,6 +19,8 @@ reference and the fallback where the extension cannot be built.
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -110,11 +112,21 @@ def to_u8(image: Tensor) -> np.ndarray:
     return (image.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).cpu().numpy()
 
 
-def _drawable(g: Gaussians, height: int, width: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The kernel's inputs: xy [M, 2], conic [M, 3], rgb [M, 3] float32 and box int64 [M, 4]."""
+def drawable_boxes(ext: ModuleType, g: Gaussians, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """:func:`codec.render.torch_tiles.pixel_boxes` computed by the C++ extension (same result)."""
     _check_size(height, width)
+    xy = g.xy_px.detach().to(device="cpu", dtype=_F32)
+    chol = g.chol.detach().to(device="cpu", dtype=_F32)
+    idx, box = ext.pixel_boxes(xy, chol, height, width)
+    return idx, box
+
+
+def _drawable(
+    ext: ModuleType, g: Gaussians, height: int, width: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The kernel's inputs: xy [M, 2], conic [M, 3], rgb [M, 3] float32 and box int64 [M, 4]."""
     g = g.detach().to("cpu")
-    idx, box = pixel_boxes(g, height, width)
+    idx, box = drawable_boxes(ext, g, height, width)
     return g.xy_px[idx].to(_F32), conic(g.chol[idx]).to(_F32), g.rgb[idx].to(_F32), box
 
 
@@ -126,7 +138,7 @@ def render_canonical(g: Gaussians, height: int, width: int) -> Tensor:
     if ext is None:
         return render_canonical_torch(g, height, width)
     with torch.no_grad():
-        out: Tensor = ext.render_forward(*_drawable(g, height, width), height, width, False)[0]
+        out: Tensor = ext.render_forward(*_drawable(ext, g, height, width), height, width, False)[0]
         return out
 
 
@@ -138,5 +150,5 @@ def render_canonical_u8(g: Gaussians, height: int, width: int) -> np.ndarray:
     if ext is None:
         return to_u8(render_canonical_torch(g, height, width))
     with torch.no_grad():
-        out: Tensor = ext.render_forward_u8(*_drawable(g, height, width), height, width)
+        out: Tensor = ext.render_forward_u8(*_drawable(ext, g, height, width), height, width)
         return out.numpy()

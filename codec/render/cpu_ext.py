@@ -3,9 +3,9 @@
 The extension is compiled once per machine and source version by ``make setup`` (``python -m
 codec.render.cpu_ext``), or on first use, into ``$SPLATPACK_EXT_DIR`` (default
 ``~/.cache/splatpack/ext``), keyed by a hash of the source, the flags, torch's version and the
-CPU's instruction-set flags and the torch installation's path, so a build is never reused on a
-machine or in an environment it was not made for (two venvs sharing one build directory would
-rebuild it in turn).
+CPU's instruction-set flags, the torch installation's path and the source's path, so a build is never reused on a
+machine or in an environment it was not made for (two venvs or checkouts sharing one build
+directory would rebuild it in turn).
 :func:`load` returns None (and :func:`load_error` says why) when no compiler is available; the
 callers then fall back to the pure-PyTorch backends.
 
@@ -67,7 +67,8 @@ def build_dir() -> Path:
         SOURCE.read_bytes()
         + " ".join(flags).encode()
         + torch.__version__.encode()
-        + torch.__file__.encode()  # one build per environment: include paths differ
+        + torch.__file__.encode()  # one build per environment and checkout: torch's build
+        + str(SOURCE.resolve()).encode()  # file names them, and another name means a rebuild
         + sys.version.encode()
     ).hexdigest()[:16]
     root = Path(os.environ.get("SPLATPACK_EXT_DIR", Path.home() / ".cache" / "splatpack" / "ext"))

@@ -22,8 +22,8 @@ from torch.autograd.function import once_differentiable
 
 from codec.gaussians import Gaussians, conic
 from codec.render import cpu_ext
-from codec.render.canonical import render_canonical
-from codec.render.torch_tiles import TorchTileBackend, _check_size, pixel_boxes
+from codec.render.canonical import drawable_boxes, render_canonical
+from codec.render.torch_tiles import TorchTileBackend, _check_size
 
 __all__ = ["FusedCpuBackend", "fused_available"]
 
@@ -70,12 +70,14 @@ class FusedCpuBackend:
     name = "cpu"
 
     def __init__(self) -> None:
-        if cpu_ext.load() is None:
+        ext = cpu_ext.load()
+        if ext is None:
             raise RuntimeError(
                 "the fused CPU renderer could not be built "
                 f"({cpu_ext.load_error()}); install a C++ compiler (g++) and ninja, "
                 "or use backend 'patch'"
             )
+        self._ext = ext
         self._tiles = TorchTileBackend()
 
     def render(self, g: Gaussians, height: int, width: int) -> Tensor:
@@ -83,7 +85,7 @@ class FusedCpuBackend:
         _check_size(height, width)
         if g.device.type != "cpu":
             raise ValueError(f"the 'cpu' backend renders CPU tensors; got {g.device}")
-        idx, box = pixel_boxes(g, height, width)
+        idx, box = drawable_boxes(self._ext, g, height, width)
         xy = g.xy_px[idx].float()
         abc = conic(g.chol[idx]).float()  # only drawable rows, so no inf/nan enters the graph
         out: Tensor = _FusedRender.apply(xy, abc, g.rgb[idx].float(), box, height, width)

@@ -3,46 +3,91 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response, status
-from sqlalchemy import Float, case, cast, func, select
+from fastapi import APIRouter, Query, Response, status
+from sqlalchemy import DateTime, Float, case, cast, func, literal, select, tuple_
+from sqlalchemy.dialects.postgresql import UUID as PgUUID
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from infra.jobs import create_job
-from infra.models import Batch, Job, JobStatus
+from infra.models import Batch, Job, JobPhase, JobStatus
 from service.auth import TenantDep
 from service.deps import SessionDep, SettingsDep, StorageDep
 from service.errors import ApiError, not_found
+from service.idempotency import ensure_same_request, request_hash
 from service.inputs import InputError, list_video_keys, normalize_prefix
-from service.routers.jobs import IdempotencyKeyHeader, check_options, input_or_422
-from service.schemas import BatchCreate, BatchPublic
+from service.routers.jobs import (
+    IdempotencyKeyHeader,
+    check_options,
+    decode_cursor,
+    encode_cursor,
+    input_or_422,
+)
+from service.schemas import (
+    PHASE_START,
+    BatchCreate,
+    BatchesPage,
+    BatchPublic,
+    error_responses,
+)
 
 router = APIRouter(prefix="/batches", tags=["batches"])
 
 
-def batch_public(session: Session, batch: Batch) -> BatchPublic:
-    """The batch with its jobs counted by status and their mean progress."""
-    progress = case(
-        (Job.status == JobStatus.succeeded, 100.0),
-        (
-            Job.gops_total > 0,
-            func.least(100.0, 100.0 * Job.gops_done / cast(Job.gops_total, Float)),
-        ),
+def _progress_expression() -> Any:
+    """``service.schemas.progress_percent`` in SQL (one job's progress)."""
+    share = case(
+        (Job.gops_total > 0, func.least(1.0, Job.gops_done / cast(Job.gops_total, Float))),
         else_=0.0,
     )
+    encoding_start = PHASE_START[JobPhase.encoding]
+    encode_span = PHASE_START[JobPhase.assembling] - encoding_start
+    running = Job.status == JobStatus.running
+    return case(
+        (Job.status == JobStatus.succeeded, 100.0),
+        (running & (Job.phase == JobPhase.encoding), encoding_start + encode_span * share),
+        *(
+            (running & (Job.phase == phase), start)
+            for phase, start in PHASE_START.items()
+            if phase != JobPhase.encoding
+        ),
+        else_=100.0 * share,
+    )
+
+
+def batch_publics(session: Session, batches: list[Batch]) -> list[BatchPublic]:
+    """Each batch with its jobs counted by status and their mean progress (one query)."""
+    if not batches:
+        return []
     rows = session.execute(
-        select(Job.status, func.count(), func.coalesce(func.sum(progress), 0.0))
-        .where(Job.batch_id == batch.id, Job.tenant_id == batch.tenant_id)
-        .group_by(Job.status)
+        select(
+            Job.batch_id,
+            Job.status,
+            func.count(),
+            func.coalesce(func.sum(_progress_expression()), 0.0),
+        )
+        .where(Job.batch_id.in_([b.id for b in batches]), Job.tenant_id == batches[0].tenant_id)
+        .group_by(Job.batch_id, Job.status)
     ).all()
-    counts = {s: 0 for s in JobStatus}
-    progress_sum = 0.0
-    for job_status, count, summed in rows:
-        counts[job_status] = int(count)
-        progress_sum += float(summed)
-    total = sum(counts.values())
-    return BatchPublic.from_batch(batch, counts, progress_sum / total if total else 0.0)
+    counts = {b.id: {s: 0 for s in JobStatus} for b in batches}
+    progress_sums = {b.id: 0.0 for b in batches}
+    for batch_id, job_status, count, summed in rows:
+        counts[batch_id][job_status] = int(count)
+        progress_sums[batch_id] += float(summed)
+    out = []
+    for b in batches:
+        total = sum(counts[b.id].values())
+        out.append(
+            BatchPublic.from_batch(b, counts[b.id], progress_sums[b.id] / total if total else 0.0)
+        )
+    return out
+
+
+def batch_public(session: Session, batch: Batch) -> BatchPublic:
+    """The batch with its jobs counted by status and their mean progress."""
+    return batch_publics(session, [batch])[0]
 
 
 def _existing(session: Session, tenant_id: uuid.UUID, key: str) -> Batch | None:
@@ -51,7 +96,15 @@ def _existing(session: Session, tenant_id: uuid.UUID, key: str) -> Batch | None:
     ).first()
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=BatchPublic)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=BatchPublic,
+    responses={
+        200: {"model": BatchPublic, "description": "replay of an Idempotency-Key"},
+        **error_responses(409),
+    },
+)
 def create_batch(
     body: BatchCreate,
     response: Response,
@@ -62,8 +115,11 @@ def create_batch(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> BatchPublic:
     """One job per input (or per video under ``input_prefix``), all in one transaction."""
+    body_hash = request_hash(body)
     if idempotency_key is not None and (found := _existing(session, tenant.id, idempotency_key)):
+        ensure_same_request(found.idempotency_hash, body_hash, idempotency_key, "batch")
         response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
         return batch_public(session, found)
     check_options(body.job, settings, field="job.")
     limit = settings.max_batch_inputs
@@ -103,7 +159,11 @@ def create_batch(
         source = {"input_prefix": body.input_prefix, "expanded_prefix": prefix}
     source["job"] = body.job.model_dump(mode="json")
     batch = Batch(
-        id=uuid.uuid4(), tenant_id=tenant.id, source=source, idempotency_key=idempotency_key
+        id=uuid.uuid4(),
+        tenant_id=tenant.id,
+        source=source,
+        idempotency_key=idempotency_key,
+        idempotency_hash=body_hash if idempotency_key is not None else None,
     )
     session.add(batch)
     try:
@@ -111,9 +171,11 @@ def create_batch(
     except IntegrityError:  # a concurrent request with the same Idempotency-Key won
         session.rollback()
         found = _existing(session, tenant.id, idempotency_key) if idempotency_key else None
-        if found is None:
+        if found is None or idempotency_key is None:
             raise
+        ensure_same_request(found.idempotency_hash, body_hash, idempotency_key, "batch")
         response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
         return batch_public(session, found)
     for input_uri in input_uris:
         create_job(
@@ -127,6 +189,32 @@ def create_batch(
     session.commit()
     response.headers["Location"] = f"/v1/batches/{batch.id}"
     return batch_public(session, batch)
+
+
+@router.get("", response_model=BatchesPage)
+def list_batches(
+    tenant: TenantDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> BatchesPage:
+    """Your batches, newest first; follow ``next_cursor`` until it is null."""
+    query = select(Batch).where(Batch.tenant_id == tenant.id)
+    if cursor:
+        created_at, batch_id = decode_cursor(cursor)
+        query = query.where(
+            tuple_(Batch.created_at, Batch.id)
+            < tuple_(
+                literal(created_at, DateTime(timezone=True)),
+                literal(batch_id, PgUUID(as_uuid=True)),
+            )
+        )
+    rows = list(
+        session.scalars(query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1))
+    )
+    page, more = rows[:limit], len(rows) > limit
+    next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if more and page else None
+    return BatchesPage(items=batch_publics(session, page), next_cursor=next_cursor)
 
 
 @router.get("/{batch_id}", response_model=BatchPublic)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, unquote, urlsplit
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import FileResponse, RedirectResponse
 from sqlalchemy import DateTime, literal, select, tuple_
 from sqlalchemy.dialects.postgresql import UUID as PgUUID
@@ -26,8 +26,18 @@ from infra.storage import ObjectNotFoundError, Storage
 from service.auth import TenantDep
 from service.deps import ClockDep, SessionDep, SettingsDep, StorageDep
 from service.errors import ApiError, not_found
+from service.idempotency import ensure_same_request, request_hash
 from service.inputs import InputError, normalize_input
-from service.schemas import JobCreate, JobOptions, JobOutputs, JobPublic, JobsPage, OutputLink
+from service.schemas import (
+    ErrorResponse,
+    JobCreate,
+    JobOptions,
+    JobOutputs,
+    JobPublic,
+    JobsPage,
+    OutputLink,
+    error_responses,
+)
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -37,7 +47,9 @@ IdempotencyKeyHeader = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=200,
-        description="same key and tenant returns the job made the first time",
+        pattern=r"^[\x21-\x7e]+$",
+        description="printable ASCII; a retry with the same key and body returns what the "
+        "first request made (200); the same key with another body is a 409",
     ),
 ]
 
@@ -89,7 +101,10 @@ def get_tenant_job(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=JobPublic,
-    responses={200: {"model": JobPublic, "description": "replay of an Idempotency-Key"}},
+    responses={
+        200: {"model": JobPublic, "description": "replay of an Idempotency-Key"},
+        **error_responses(409),
+    },
 )
 def create_job(
     body: JobCreate,
@@ -100,10 +115,13 @@ def create_job(
     storage: StorageDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobPublic:
-    """Submit one video. With an ``Idempotency-Key``, a retry returns the first job (200)."""
+    """Submit one video. With an ``Idempotency-Key``, a retry of the same body returns the first
+    job (200); the key with another body is a 409."""
+    body_hash = request_hash(body)
     if idempotency_key is not None:
         existing = find_job_by_idempotency_key(session, tenant.id, idempotency_key)
         if existing is not None:
+            ensure_same_request(existing.idempotency_hash, body_hash, idempotency_key, "job")
             response.status_code = status.HTTP_200_OK
             response.headers["Idempotent-Replayed"] = "true"
             return JobPublic.from_job(existing)
@@ -115,10 +133,14 @@ def create_job(
         session,
         tenant.id,
         idempotency_key=idempotency_key,
+        idempotency_hash=body_hash if idempotency_key is not None else None,
         input_uri=input_uri,
         max_attempts=settings.max_attempts,
         **body.job_fields(),
     )
+    if not created:
+        assert idempotency_key is not None
+        ensure_same_request(job.idempotency_hash, body_hash, idempotency_key, "job")
     session.commit()
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -192,7 +214,7 @@ def get_job(job_id: uuid.UUID, tenant: TenantDep, session: SessionDep) -> JobPub
             "model": JobPublic,
             "description": "running: the runner stops it and marks it canceled",
         },
-        409: {"description": "the job has already ended"},
+        409: {"model": ErrorResponse, "description": "the job has already ended"},
     },
 )
 def cancel_job(
@@ -240,9 +262,41 @@ def _require_succeeded(job: Job) -> None:
         )
 
 
-@router.get("/{job_id}/outputs", response_model=JobOutputs)
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={409: {"model": ErrorResponse, "description": "the job has not ended yet"}},
+)
+def delete_job(
+    job_id: uuid.UUID, tenant: TenantDep, session: SessionDep, storage: StorageDep
+) -> Response:
+    """Delete an ended job (succeeded, failed or canceled) and every file under its output
+    prefix. A queued or running job is a 409: cancel it first."""
+    job = get_tenant_job(session, tenant.id, job_id, lock=True)
+    if job.status not in TERMINAL_STATUSES:
+        raise ApiError(
+            409,
+            "job_not_finished",
+            f"job {job.id} is {job.status.value}; cancel it (POST /v1/jobs/{job.id}/cancel) "
+            "and delete it once it has ended",
+        )
+    # files first: if storage fails, the row (and so a retry) is still there
+    for key in storage.list_keys(job.output_prefix):
+        storage.delete(key)
+    session.delete(job)
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def public_base(request: Request, settings: Settings) -> str:
+    """Where clients reach this API: ``public_base_url`` if set, else the request's own base."""
+    return (settings.public_base_url or str(request.base_url)).rstrip("/")
+
+
+@router.get("/{job_id}/outputs", response_model=JobOutputs, responses=error_responses(409))
 def job_outputs(
     job_id: uuid.UUID,
+    request: Request,
     tenant: TenantDep,
     session: SessionDep,
     settings: SettingsDep,
@@ -260,7 +314,7 @@ def job_outputs(
                 OutputLink(name=name, key=key, url=url, expires_in_s=settings.s3_presign_seconds)
             )
         else:
-            base = settings.public_base_url.rstrip("/")
+            base = public_base(request, settings)
             links.append(
                 OutputLink(
                     name=name, key=key, url=base + _download_path(job.id, name), expires_in_s=None
@@ -272,7 +326,11 @@ def job_outputs(
 @router.get(
     "/{job_id}/outputs/{name}",
     response_class=StarletteResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, 307: {"description": "to S3"}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        307: {"description": "to S3"},
+        **error_responses(409),
+    },
 )
 def download_output(
     job_id: uuid.UUID,

@@ -18,7 +18,12 @@ from service.auth import TenantDep
 from service.deps import SettingsDep, StorageDep
 from service.errors import ApiError
 from service.inputs import upload_key
-from service.schemas import PresignedUpload, PresignedUploadCreate, UploadPublic
+from service.schemas import (
+    PresignedUpload,
+    PresignedUploadCreate,
+    UploadPublic,
+    error_responses,
+)
 
 router = APIRouter(prefix="/uploads", tags=["uploads"])
 
@@ -90,7 +95,33 @@ class _FilePartSink:
             self._in_file = False
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=UploadPublic)
+UPLOAD_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": [FILE_FIELD],
+                "properties": {
+                    FILE_FIELD: {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "the video file (other fields are ignored)",
+                    }
+                },
+            }
+        }
+    },
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UploadPublic,
+    openapi_extra={"requestBody": UPLOAD_REQUEST_BODY},
+    responses=error_responses(415),
+)
 async def upload(
     request: Request, tenant: TenantDep, settings: SettingsDep, storage: StorageDep
 ) -> UploadPublic:
@@ -149,7 +180,12 @@ async def upload(
     )
 
 
-@router.post("/presign", status_code=status.HTTP_201_CREATED, response_model=PresignedUpload)
+@router.post(
+    "/presign",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PresignedUpload,
+    responses=error_responses(409),
+)
 def presign_upload(
     body: PresignedUploadCreate, tenant: TenantDep, settings: SettingsDep, storage: StorageDep
 ) -> PresignedUpload:

@@ -228,3 +228,19 @@ def test_a_scene_cut_keeps_the_first_grid_in_the_gop_header() -> None:
     res = encode_gop_report(_clip(), cfg)
     assert [f.kind for f in res.frames].count("I") >= 2  # the clip has a scene cut
     assert np.array_equal(decode_gop(res.payload), res.recon)
+
+
+@pytest.mark.parametrize(("name", "make", "height", "width"), CASES, ids=[c[0] for c in CASES])
+def test_cpp_pixel_boxes_equal_the_torch_ones(
+    name: str, make: object, height: int, width: int
+) -> None:
+    from codec.render.canonical import drawable_boxes
+    from codec.render.torch_tiles import pixel_boxes
+
+    g = make()  # type: ignore[operator]
+    ext = cpu_ext.load()
+    assert ext is not None
+    for a, b in zip(
+        drawable_boxes(ext, g, height, width), pixel_boxes(g, height, width), strict=True
+    ):
+        assert torch.equal(a, b)

@@ -66,7 +66,8 @@ def app(
 
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app) as test_client:
+    # a loopback peer, as a local client would be (/metrics serves loopback clients only)
+    with TestClient(app, client=("127.0.0.1", 50000)) as test_client:
         yield test_client
 
 

@@ -42,7 +42,7 @@ def test_readyz_reports_an_unreachable_database(
         settings, session_factory=make_session_factory(dead), storage=storage, clock=clock
     )
     try:
-        with TestClient(app) as client:
+        with TestClient(app, client=("127.0.0.1", 50000)) as client:
             assert client.get("/healthz").status_code == 200
             ready = client.get("/readyz")
             assert ready.status_code == 503

@@ -228,6 +228,65 @@ std::vector<at::Tensor> render_forward(at::Tensor xy, at::Tensor abc, at::Tensor
   return {out, start, ids};
 }
 
+// codec.render.torch_tiles.pixel_boxes, operation for operation: the drawable rows (ascending)
+// of xy float32 [N, 2], chol float32 [N, 3] and their clipped pixel boxes int64 [M, 4].
+std::vector<at::Tensor> pixel_boxes(at::Tensor xy, at::Tensor chol, int64_t height,
+                                    int64_t width) {
+  TORCH_CHECK(xy.device().is_cpu() && xy.scalar_type() == at::kFloat &&
+                  chol.scalar_type() == at::kFloat,
+              "pixel_boxes needs float32 CPU tensors");
+  TORCH_CHECK(xy.dim() == 2 && xy.size(1) == 2 && chol.dim() == 2 && chol.size(1) == 3 &&
+                  chol.size(0) == xy.size(0),
+              "pixel_boxes needs xy [N, 2] and chol [N, 3]");
+  xy = xy.contiguous();
+  chol = chol.contiguous();
+  const int64_t n = xy.size(0);
+  const float* p = xy.data_ptr<float>();
+  const float* l = chol.data_ptr<float>();
+  std::vector<int64_t> idx;
+  std::vector<int64_t> box;
+  idx.reserve(n);
+  box.reserve(4 * n);
+  for (int64_t i = 0; i < n; ++i) {
+    const float l11 = l[3 * i], l21 = l[3 * i + 1], l22 = l[3 * i + 2];
+    const float sxx = l11 * l11, sxy = l11 * l21, syy = l21 * l21 + l22 * l22;
+    const float det = sxx * syy - sxy * sxy;
+    const bool conic_ok =
+        std::isfinite(syy / det) && std::isfinite(-sxy / det) && std::isfinite(sxx / det);
+    if (!(std::isfinite(p[2 * i]) && std::isfinite(p[2 * i + 1]) && conic_ok && det > 0.0f))
+      continue;
+    const double d11 = l11, d21 = l21, d22 = l22;
+    const double c[2] = {p[2 * i], p[2 * i + 1]};
+    const double s[2] = {d11 * d11, d21 * d21 + d22 * d22};
+    double lo[2], hi[2];
+    bool finite = true;
+    for (int k = 0; k < 2; ++k) {
+      const double r = (3.0 * std::sqrt(s[k])) * (1.0 + 1e-3) + 1e-2;
+      lo[k] = std::ceil((c[k] - r) - 0.5);
+      hi[k] = std::floor((c[k] + r) - 0.5);
+      finite = finite && std::isfinite(lo[k]) && std::isfinite(hi[k]);
+    }
+    if (!finite) continue;
+    const double x0 = std::clamp(lo[0], 0.0, static_cast<double>(width));
+    const double x1 = std::clamp(hi[0], -1.0, static_cast<double>(width - 1));
+    const double y0 = std::clamp(lo[1], 0.0, static_cast<double>(height));
+    const double y1 = std::clamp(hi[1], -1.0, static_cast<double>(height - 1));
+    if (!(x0 <= x1 && y0 <= y1)) continue;
+    idx.push_back(i);
+    box.insert(box.end(), {static_cast<int64_t>(x0), static_cast<int64_t>(x1),
+                           static_cast<int64_t>(y0), static_cast<int64_t>(y1)});
+  }
+  const int64_t m = static_cast<int64_t>(idx.size());
+  auto i64 = at::TensorOptions().dtype(at::kLong);
+  at::Tensor t_idx = at::empty({m}, i64);
+  at::Tensor t_box = at::empty({m, 4}, i64);
+  if (m > 0) {
+    std::memcpy(t_idx.data_ptr<int64_t>(), idx.data(), m * sizeof(int64_t));
+    std::memcpy(t_box.data_ptr<int64_t>(), box.data(), 4 * m * sizeof(int64_t));
+  }
+  return {t_idx, t_box};
+}
+
 // The canonical render as uint8 [H, W, 3] (the decoder's output), without a float image.
 at::Tensor render_forward_u8(at::Tensor xy, at::Tensor abc, at::Tensor rgb, at::Tensor box,
                              int64_t height, int64_t width) {
@@ -353,6 +412,7 @@ std::vector<at::Tensor> render_backward(at::Tensor xy, at::Tensor abc, at::Tenso
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("render_forward", &render_forward, "fused tile render (CPU)");
+  m.def("pixel_boxes", &pixel_boxes, "drawable Gaussians and their pixel boxes (CPU)");
   m.def("render_forward_u8", &render_forward_u8, "fused tile render to uint8 (CPU)");
   m.def("render_backward", &render_backward, "fused tile render backward (CPU)");
 }
