@@ -40,10 +40,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m workers.demo
+	$(BIN)/python -m frontdoor.demo
 
 test: setup
-	$(BIN)/ruff check codec service workers infra tests bench
+	$(BIN)/ruff check codec service workers infra frontdoor tests bench
 	cd player && node --test test/
 	$(BIN)/pytest -q
 
@@ -55,8 +55,8 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check codec service workers infra tests bench
-	$(BIN)/ruff format --check codec service workers infra tests bench
+	$(BIN)/ruff check codec service workers infra frontdoor tests bench
+	$(BIN)/ruff format --check codec service workers infra frontdoor tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -44,12 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from frontdoor.cli import _stop_process, _wait_for_api, api_command  # noqa: E402
+from frontdoor.client import SplatpackClient  # noqa: E402
+from frontdoor.demo import make_synthetic_clip  # noqa: E402
 from infra.db import make_engine, make_session_factory, run_migrations  # noqa: E402
 from infra.embedded_pg import EmbeddedPostgres, find_free_port  # noqa: E402
 from infra.tenants import create_tenant_key  # noqa: E402
-from workers.cli import _stop_process, _wait_for_api, api_command  # noqa: E402
-from workers.client import SplatpackClient  # noqa: E402
-from workers.demo import make_synthetic_clip  # noqa: E402
 
 HOST = "127.0.0.1"  # loopback only
 STATS = ("p50_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms", "throughput_rps")

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
+from codec.bitstream import DEFAULT_LIMITS, DecodeLimits
 from codec.config import CodecConfig
-from codec.container import ContainerReader, ContainerWriter, StreamHeader
-from codec.errors import CodecConfigError
-from codec.gop import decode_gop, encode_gop_report
+from codec.container import ContainerReader, ContainerWriter, Damage, StreamHeader, open_gsv
+from codec.errors import BitstreamError, CodecConfigError
+from codec.gop import encode_gop_report, iter_gop_frames
 from codec.init import detect_face_roi, load_roi_mask
-from codec.video import VideoWriter, iter_gops, probe
+from codec.video import VideoWriter, iter_frames, probe, y4m_frame_bytes, y4m_header
 
 ProgressFn = Callable[[int, int | None], None]  # (frames done, frames total if known)
 RoiSpec = str | Path | None  # None, "face" (detected per GOP), or a mask image path
@@ -46,23 +53,45 @@ class EncodeSummary:
         return self.n_frames / self.encode_seconds if self.encode_seconds > 0 else 0.0
 
 
+def _grouped(frames: Iterator[np.ndarray], gop: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first, uint8 [T, H, W, 3])`` runs of ``gop`` frames (the last may be shorter)."""
+    first = 0
+    while True:
+        chunk = list(itertools.islice(frames, gop))
+        if not chunk:
+            return
+        yield first, np.stack(chunk)
+        first += len(chunk)
+
+
 def encode_video(
     in_path: str | Path,
-    out_path: str | Path,
+    out_path: str | Path | BinaryIO,
     config: CodecConfig,
     *,
     max_frames: int | None = None,
+    start_frame: int = 0,
     roi: RoiSpec = None,
     progress: ProgressFn | None = None,
     device: str = "cpu",
 ) -> EncodeSummary:
-    """Encode a video file into a ``.gsv`` file GOP by GOP; returns measured figures.
+    """Encode frames ``start_frame ..`` (at most ``max_frames``) of a video file into a ``.gsv``
+    GOP by GOP; returns measured figures. ``out_path`` is a path (written atomically) or a
+    binary stream such as stdout.
 
     ``device`` is where the fits run ("cpu", "cuda" or "auto"; see :func:`codec.gop.encode_gop_report`)."""
     if max_frames is not None and max_frames < 1:
         raise CodecConfigError(f"max_frames={max_frames} must be at least 1")
+    if start_frame < 0:
+        raise CodecConfigError(f"start_frame={start_frame} must be at least 0")
     info = probe(in_path)
-    total = info.n_frames if max_frames is None else min(max_frames, info.n_frames or max_frames)
+    if info.n_frames is not None and start_frame >= info.n_frames:
+        raise CodecConfigError(
+            f"start_frame={start_frame} is past the input's {info.n_frames} frames "
+            f"(0..{info.n_frames - 1})"
+        )
+    left = None if info.n_frames is None else info.n_frames - start_frame
+    total = left if max_frames is None else min(max_frames, left or max_frames)
     header = StreamHeader(
         width=info.width,
         height=info.height,
@@ -79,8 +108,11 @@ def encode_video(
     stats: list[dict[str, object]] = []
     enhancer_bytes: list[int] = []
     start = time.perf_counter()
-    with ContainerWriter(Path(out_path), header) as writer:
-        for gop_index, (first, frames) in enumerate(iter_gops(in_path, config.gop, max_frames)):
+    target = out_path if hasattr(out_path, "write") else Path(out_path)  # type: ignore[arg-type]
+    end = None if max_frames is None else start_frame + max_frames
+    source = itertools.islice(iter_frames(in_path, end), start_frame, None)
+    with ContainerWriter(target, header) as writer:  # type: ignore[arg-type]
+        for gop_index, (first, frames) in enumerate(_grouped(source, config.gop)):
             gop_mask = detect_face_roi(frames[0]) if detect_faces else file_mask
             base = frames_done
 
@@ -98,12 +130,14 @@ def encode_video(
                 s["gop"] = gop_index
                 stats.append(s)
             frames_done += len(frames)
+        if frames_done == 0:  # leaves no output: the writer aborts
+            raise CodecConfigError(f"no frames to encode from frame {start_frame} of {in_path}")
     seconds = time.perf_counter() - start
-    n_bytes = Path(out_path).stat().st_size
+    n_bytes = writer.bytes_written
     i_sizes = [int(s["n_bytes"]) for s in stats if s["kind"] == "I"]  # type: ignore[call-overload]
     p_sizes = [int(s["n_bytes"]) for s in stats if s["kind"] == "P"]  # type: ignore[call-overload]
     return EncodeSummary(
-        out_path=str(out_path),
+        out_path=str(out_path) if isinstance(out_path, (str, Path)) else "-",
         width=info.width,
         height=info.height,
         fps=str(info.fps),
@@ -121,35 +155,162 @@ def encode_video(
 
 
 def iter_decoded(
-    gsv_path: str | Path, start_frame: int = 0, *, enhance: bool = True
+    gsv_path: str | Path | bytes,
+    start_frame: int = 0,
+    n_frames: int | None = None,
+    *,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    salvage: bool = False,
+    damage: list[Damage] | None = None,
+    reader: ContainerReader | None = None,
+    enhance: bool = True,
 ) -> Iterator[np.ndarray]:
-    """Decoded frames (uint8 [H, W, 3]) from ``start_frame`` on, decoding only the GOPs needed;
-    ``enhance=False`` skips the enhancer (the raw Gaussian output, ``decode --no-enhance``)."""
-    reader = ContainerReader(Path(gsv_path))
+    """Decoded frames (uint8 [H, W, 3]) ``start_frame .. start_frame + n_frames - 1`` (to the end
+    when ``n_frames`` is None), one at a time: the GOP index finds the first GOP, and only the
+    frames asked for are kept in memory. ``enhance=False`` skips GOPs' enhancer records (the raw
+    Gaussian output, ``decode --no-enhance``).
+
+    Without ``salvage`` the first damaged GOP raises BitstreamError. With it, a damaged GOP is
+    skipped (its frames are not yielded) and recorded in ``damage``, as are GOPs lost from a
+    cut-off file; the frames of intact GOPs are exactly those of an undamaged decode."""
+    if reader is None:
+        reader, known = open_gsv(gsv_path, limits=limits, salvage=salvage)
+        if damage is not None:
+            damage.extend(known)
     if not 0 <= start_frame < max(reader.n_frames, 1):
-        raise CodecConfigError(f"start_frame={start_frame} is outside 0..{reader.n_frames - 1}")
-    first_gop = reader.gop_for_frame(start_frame)
-    for entry in reader.gops[first_gop:]:
-        frames = decode_gop(reader.read_gop(entry.index), enhance=enhance)
-        skip = max(0, start_frame - entry.first_frame)
-        yield from frames[skip:]
+        raise CodecConfigError(
+            f"the start frame {start_frame} is outside the stream's frames 0..{reader.n_frames - 1}"
+        )
+    if n_frames is not None and n_frames < 1:
+        raise CodecConfigError(f"the frame count {n_frames} must be at least 1")
+    end = reader.n_frames if n_frames is None else min(reader.n_frames, start_frame + n_frames)
+    h = reader.header
+    for pos in range(reader.gop_for_frame(start_frame), len(reader.gops)):
+        entry = reader.gops[pos]
+        if entry.first_frame >= end:
+            break
+        lo = max(start_frame, entry.first_frame) - entry.first_frame
+        hi = min(end, entry.first_frame + entry.n_frames) - entry.first_frame
+        done = lo  # frames of this GOP handed out so far (from lo)
+        try:
+            payload = reader.read_gop(pos)
+            frames = iter_gop_frames(
+                payload, limits, (entry.n_frames, h.width, h.height), enhance=enhance
+            )
+            for t, frame in enumerate(frames):
+                if t >= hi:
+                    break
+                if t >= lo:
+                    yield frame
+                    done = t + 1
+        except BitstreamError as exc:
+            if not salvage:
+                raise
+            if damage is not None:
+                damage.append(Damage(entry.index, entry.first_frame + done, hi - done, str(exc)))
 
 
-def decode_video(gsv_path: str | Path, out_path: str | Path, *, enhance: bool = True) -> int:
+def decode_video(
+    gsv_path: str | Path | bytes,
+    out_path: str | Path,
+    *,
+    start_frame: int = 0,
+    n_frames: int | None = None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    salvage: bool = False,
+    damage: list[Damage] | None = None,
+    reader: ContainerReader | None = None,
+    enhance: bool = True,
+) -> int:
     """Decode a ``.gsv`` file to ``.mp4``, ``.y4m`` or a directory of PNGs; returns frames written.
-    ``enhance=False`` writes the raw Gaussian output (GOPs' enhancer records are skipped)."""
-    reader = ContainerReader(Path(gsv_path))
+    ``enhance=False`` writes the raw Gaussian output (GOPs' enhancer records are skipped).
+
+    The output appears complete or not at all (written under a temporary name, fsynced, renamed);
+    a decode error leaves nothing behind. With ``salvage`` the intact GOPs are written and the
+    damaged ones recorded in ``damage`` (the caller decides whether that is a failure). A
+    ``reader`` already opened by :func:`open_gsv` is used as is (its known damage not repeated)."""
+    if reader is None:
+        reader, known = open_gsv(gsv_path, limits=limits, salvage=salvage)
+        if damage is not None:
+            damage.extend(known)
     h = reader.header
     written = 0
-    with VideoWriter(Path(out_path), h.width, h.height, Fraction(h.fps_num, h.fps_den)) as writer:
-        for frame in iter_decoded(gsv_path, enhance=enhance):
-            writer.write(frame)
-            written += 1
+    with atomic_output(Path(out_path)) as tmp:
+        with VideoWriter(tmp, h.width, h.height, Fraction(h.fps_num, h.fps_den)) as writer:
+            for frame in iter_decoded(
+                gsv_path, start_frame, n_frames, limits=limits, salvage=salvage,
+                damage=damage, reader=reader, enhance=enhance,
+            ):  # fmt: skip
+                writer.write(frame)
+                written += 1
+        if written == 0:
+            raise BitstreamError("no frame could be decoded; nothing was written")
     return written
 
 
+def write_y4m_stream(
+    out: BinaryIO, frames: Iterable[np.ndarray], width: int, height: int, fps: Fraction
+) -> int:
+    """Write frames (uint8 [H, W, 3]) as a YUV4MPEG2 stream (``y4m_format`` 444p10, like .y4m
+    files) to a binary stream such as stdout; returns the frames written."""
+    out.write(y4m_header(width, height, fps, "444p10"))
+    n = 0
+    for frame in frames:
+        out.write(b"FRAME\n" + y4m_frame_bytes(frame, "444p10"))
+        n += 1
+    out.flush()
+    return n
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path next to ``path`` (same suffix) to write into; on success it is fsynced and
+    renamed onto ``path`` (replacing a file, or a directory of PNG frames), on failure removed.
+    The caller decides beforehand whether ``path`` may be replaced."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise CodecConfigError(f"cannot write {path}: the folder {parent} does not exist")
+    is_dir_output = path.suffix == "" or path.is_dir()
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp"))
+    target = tmp if is_dir_output else tmp / path.name
+    try:
+        yield target
+        if is_dir_output:
+            for f in target.iterdir():
+                _fsync_path(f)
+            if path.is_dir():
+                shutil.rmtree(path)
+            os.replace(target, path)
+        else:
+            _fsync_path(target)
+            os.replace(target, path)
+            shutil.rmtree(tmp, ignore_errors=True)
+        _fsync_path(parent, directory=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    """fsync a file (or, best effort, a directory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
 def enhancer_bytes_per_gop(gsv_path: str | Path) -> list[int]:
-    """Bytes of each GOP's enhancer record (0: none, or a format-5 GOP), for ``info``."""
+    """Bytes of each GOP's enhancer record (0: none, or a GOP of a format before 6), for ``info``."""
     from codec.bitstream import unpack_gop_enhanced
 
     reader = ContainerReader(Path(gsv_path))

@@ -282,9 +282,8 @@ def _markdown(
     for k, v in extra.items():
         lines.append(f"- {k}: {json.dumps(v) if isinstance(v, dict | list) else v}")
     any_ssim = any(p.extra.get("ms_ssim_is_ssim") for p in points)
-    q_name = (
-        "SSIM" if any_ssim and all(p.extra.get("ms_ssim_is_ssim") for p in points) else "MS-SSIM"
-    )
+    all_ssim = any_ssim and all(p.extra.get("ms_ssim_is_ssim") for p in points)
+    q_name = "SSIM" if all_ssim else "MS-SSIM (SSIM where marked)" if any_ssim else "MS-SSIM"
     lines += [
         "",
         "## Rate points",
@@ -294,7 +293,8 @@ def _markdown(
     ]
     for p in points:
         lines.append(
-            f"| {p.codec} | {p.setting} | {p.bpp:.4f} | {p.psnr_db:.2f} | {_fmt(p.ms_ssim, 4)} "
+            f"| {p.codec} | {p.setting} | {p.bpp:.4f} | {p.psnr_db:.2f} | {_fmt(p.ms_ssim, 4)}"
+            f"{' (SSIM)' if any_ssim and not all_ssim and p.extra.get('ms_ssim_is_ssim') else ''} "
             f"| {_fmt(p.encode_fps, 1)} | {_fmt(p.decode_fps, 1)} |"
         )
     if any_ssim:

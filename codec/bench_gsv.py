@@ -73,7 +73,8 @@ def gsv_rate_point(
             )
 
     psnrs = [float(s["psnr_db"]) for s in stats]
-    ssims = [ms_ssim(a, b)[0] for a, b in zip(frames, recon, strict=True)]
+    ssim_pairs = [ms_ssim(a, b) for a, b in zip(frames, recon, strict=True)]
+    ssims = [v for v, _ in ssim_pairs]
     i_stats = [s for s in stats if s["kind"] == "I"]
     p_stats = [s for s in stats if s["kind"] == "P"]
 
@@ -90,6 +91,7 @@ def gsv_rate_point(
         encode_fps=t_count / encode_seconds,
         decode_fps=t_count / decode_seconds,
         extra={
+            "ms_ssim_is_ssim": any(fallback for _, fallback in ssim_pairs),
             "bytes": n_bytes,
             "gaussians": gaussian_count(cfg, h, w),
             "i_frame_bytes_mean": i_bytes,

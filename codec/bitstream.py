@@ -3,7 +3,7 @@
 Layout (all integers little-endian; ``varint`` is canonical unsigned LEB128, at most 5 bytes):
 
     magic   4 bytes  b"SPGP"
-    version u8       GOP_FORMAT_VERSION (6; 5 is still read: it has no enhancer field)
+    version u8       GOP_FORMAT_VERSION (6; 1 .. 5 are still read: they have no enhancer field)
     flags   u8       free for the GOP coder (codec/gop.py); carried unchanged
     height  varint   1 .. 65535
     width   varint   1 .. 65535
@@ -17,26 +17,123 @@ Layout (all integers little-endian; ``varint`` is canonical unsigned LEB128, at 
         length varint 0 (no enhancer record) .. MAX_ENHANCER_BYTES
         data   length bytes (codec.enhance.record)
 
-Nothing may follow the last frame (version 5) or the enhancer field (6). See docs/FORMAT.md.
+Nothing may follow the last frame (versions 1 .. 5) or the enhancer field (6). See docs/FORMAT.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
-from codec.errors import BitstreamError
-from codec.quant import GRID_NBYTES, QuantGrid
+from codec.errors import BitstreamError, DecodeLimitError
+
+if TYPE_CHECKING:  # codec.quant (and torch) load only when a payload is parsed, so that a
+    from codec.quant import QuantGrid  # reader can refuse a hostile file before loading torch
 
 GOP_MAGIC = b"SPGP"
 GOP_FORMAT_VERSION = 6  # 2: geometric Cholesky diagonal levels; 3: median-of-3 motion predictor;
 # 4: refinement byte in the quantisation grid (finer P-frame levels); 5: P-frame model reuse;
 # 6: enhancer field after the frame records
-READABLE_VERSIONS = (5, 6)  # what unpack_gop accepts (5 decodes as "no enhancer record")
-ENHANCER_MIN_VERSION = 6
+OLDEST_GOP_FORMAT = 1  # every format since the first still decodes (tests/fixtures/gsv/)
+ENHANCER_MIN_VERSION = 6  # formats before it have no enhancer field (decode as "no record")
 MAX_ENHANCER_BYTES = 65_536
 MAX_SIDE = 65535
 MAX_GOP_FRAMES = 10_000
+MIN_FRAME_RECORD_BYTES = 3  # kind, a one-byte length, and at least one byte of data
+MIN_GOP_HEADER_BYTES = 4 + 2 + 3 + 59  # magic, version + flags, three varints, the smallest grid
+RENDER_BYTES_PER_PIXEL = 40  # decoder peak per frame pixel: render buffers (measured ~25-44 B/px)
+RENDER_BYTES_PER_GAUSSIAN = 512  # decoder working set per Gaussian (levels, floats, tile bins)
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """How much work a file may make the decoder do, in proportion to its own size.
+
+    Checked from headers and the GOP index before anything is allocated or rendered, so a small
+    hostile file fails at once with :class:`BitstreamError` instead of exhausting the machine:
+
+    - ``max_pixels_per_byte``: a GOP's claimed output (frames x width x height) per payload byte,
+      beyond ``free_pixels``. Bounds the output a file may expand to. A repeated (unchanged)
+      P-frame costs 4 bytes, so a static 1080p GOP of 30 frames needs ~60 bytes at the default.
+    - ``max_rendered_pixels_per_byte``: the same for the frames that must be rendered (I-frames
+      and P-frames that change something; an unchanged P-frame repeats the previous picture),
+      again beyond ``free_pixels``. Bounds decoding time: rendering costs ~20-200 ns per pixel on a
+      CPU core. 2048 px/byte is 0.004 bits per pixel, 1/25 of the 0.10 bpp carphone target.
+    - ``free_pixels``: pixels every GOP may claim whatever its size (2**22: two 1080p frames, one
+      4K frame), so a black or flat GOP of a few hundred bytes still decodes.
+    - ``memory_budget_bytes``: the decoder's working memory for one frame, estimated as
+      ``RENDER_BYTES_PER_PIXEL`` per pixel plus ``RENDER_BYTES_PER_GAUSSIAN`` per Gaussian; frames
+      are decoded one at a time, so this is also the bound for a whole file. 512 MiB fits
+      a 3840x2160 frame; raise it (``splatpack decode --memory-budget``) for larger ones.
+    """
+
+    max_pixels_per_byte: int = 1 << 20
+    max_rendered_pixels_per_byte: int = 2048
+    free_pixels: int = 1 << 22
+    memory_budget_bytes: int = 512 << 20
+
+    def check_frame_size(self, width: int, height: int, what: str) -> None:
+        """BitstreamError unless one ``width`` x ``height`` frame fits the memory budget."""
+        need = RENDER_BYTES_PER_PIXEL * width * height
+        if need > self.memory_budget_bytes:
+            raise DecodeLimitError(
+                f"{what}: a {width}x{height} frame needs about {need >> 20} MiB to decode, over the "
+                f"memory budget of {self.memory_budget_bytes >> 20} MiB (raise it with "
+                f"--memory-budget if the file is trusted)"
+            )
+
+    def check_gaussians(self, width: int, height: int, n_gaussians: int, what: str) -> None:
+        """BitstreamError unless a frame of ``n_gaussians`` fits the memory budget."""
+        need = RENDER_BYTES_PER_PIXEL * width * height + RENDER_BYTES_PER_GAUSSIAN * n_gaussians
+        if need > self.memory_budget_bytes:
+            raise DecodeLimitError(
+                f"{what}: {n_gaussians} Gaussians in a {width}x{height} frame need about "
+                f"{need >> 20} MiB to decode, over the memory budget of "
+                f"{self.memory_budget_bytes >> 20} MiB"
+            )
+
+    def check_gop(
+        self,
+        width: int,
+        height: int,
+        n_frames: int,
+        payload_bytes: int,
+        what: str,
+        *,
+        records: bool = True,
+    ) -> None:
+        """BitstreamError unless a GOP of ``payload_bytes`` may claim ``n_frames`` frames of this size:
+        enough bytes for its frame records (with ``records``; the container treats payloads as
+        opaque), output pixels within the per-byte bound, and one frame within the memory budget."""
+        min_bytes = MIN_GOP_HEADER_BYTES + MIN_FRAME_RECORD_BYTES * n_frames
+        if records and payload_bytes < min_bytes:
+            raise DecodeLimitError(
+                f"{what}: {n_frames} frames cannot fit in {payload_bytes} bytes "
+                f"(each frame record takes at least {MIN_FRAME_RECORD_BYTES})"
+            )
+        pixels = n_frames * width * height
+        if pixels > self.free_pixels + self.max_pixels_per_byte * payload_bytes:
+            raise DecodeLimitError(
+                f"{what}: {n_frames} frames of {width}x{height} ({pixels} pixels) from "
+                f"{payload_bytes} bytes is more than {self.max_pixels_per_byte} pixels per byte"
+            )
+        self.check_frame_size(width, height, what)
+
+    def check_rendered(
+        self, width: int, height: int, n_rendered: int, payload_bytes: int, what: str
+    ) -> None:
+        """BitstreamError unless ``n_rendered`` frames may be rendered for ``payload_bytes``."""
+        pixels = n_rendered * width * height
+        if pixels > self.free_pixels + self.max_rendered_pixels_per_byte * payload_bytes:
+            raise DecodeLimitError(
+                f"{what}: {n_rendered} frames of {width}x{height} to render from {payload_bytes} "
+                f"bytes is more than {self.max_rendered_pixels_per_byte} rendered pixels per byte "
+                f"(a crafted file?)"
+            )
+
+
+DEFAULT_LIMITS = DecodeLimits()
 
 
 class FrameKind(IntEnum):
@@ -71,8 +168,11 @@ class GopHeader:
                 return f"{name}={value!r} outside [1, {hi}]"
         if not isinstance(self.flags, int) or not 0 <= self.flags <= 255:
             return f"flags={self.flags!r} outside [0, 255]"
-        if self.version not in READABLE_VERSIONS:
-            return f"unsupported GOP format version {self.version} (this decoder reads {READABLE_VERSIONS})"
+        if not OLDEST_GOP_FORMAT <= self.version <= GOP_FORMAT_VERSION:
+            return (
+                f"unsupported GOP format version {self.version} (this decoder reads "
+                f"{OLDEST_GOP_FORMAT} .. {GOP_FORMAT_VERSION})"
+            )
         return None
 
 
@@ -111,6 +211,8 @@ def pack_gop(
     problem = header.problem()
     if problem:
         raise ValueError(f"pack_gop: {problem}")
+    if header.version != GOP_FORMAT_VERSION:
+        raise ValueError(f"pack_gop: only GOP format {GOP_FORMAT_VERSION} is written")
     if len(frames) != header.n_frames:
         raise ValueError(f"pack_gop: header says {header.n_frames} frames, got {len(frames)}")
     if FrameKind(frames[0][0]) != FrameKind.I:
@@ -151,16 +253,22 @@ def unpack_gop_enhanced(
     if data[:4] != GOP_MAGIC:
         raise BitstreamError(f"{what}: bad magic {data[:4]!r} at byte 0 (expected {GOP_MAGIC!r})")
     version, flags = data[4], data[5]
-    if version not in READABLE_VERSIONS:
-        raise BitstreamError(f"{what}: unsupported version {version} at byte 4")
+    if not OLDEST_GOP_FORMAT <= version <= GOP_FORMAT_VERSION:
+        raise BitstreamError(
+            f"{what}: unsupported version {version} at byte 4 (this decoder reads "
+            f"{OLDEST_GOP_FORMAT} .. {GOP_FORMAT_VERSION}; a newer splatpack may read it)"
+        )
     pos = 6
     height, pos = read_varint(data, pos, what)
     width, pos = read_varint(data, pos, what)
     n_frames, pos = read_varint(data, pos, what)
-    if pos + GRID_NBYTES > len(data):
+    from codec.quant import QuantGrid, grid_nbytes
+
+    grid_size = grid_nbytes(version)
+    if pos + grid_size > len(data):
         raise BitstreamError(f"{what}: truncated quant grid at byte {pos}")
-    grid = QuantGrid.from_bytes(data[pos : pos + GRID_NBYTES])
-    pos += GRID_NBYTES
+    grid = QuantGrid.from_bytes(data[pos : pos + grid_size], version)
+    pos += grid_size
     header = GopHeader(height, width, n_frames, grid, flags, version)
     problem = header.problem()
     if problem:

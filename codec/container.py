@@ -33,6 +33,7 @@ from typing import IO, Any, BinaryIO
 
 import numpy as np
 
+from codec.bitstream import DEFAULT_LIMITS, DecodeLimits
 from codec.errors import BitstreamError, CodecError
 
 MAGIC = b"\x89GSV\r\n\x1a\n"
@@ -199,6 +200,11 @@ class ContainerWriter:
     def _write(self, data: bytes | memoryview) -> None:
         self._file.write(data)
         self._pos += len(data)
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes of the file so far (all of it after :meth:`close`)."""
+        return self._pos
 
     def add_gop(self, index: int, first_frame: int, n_frames: int, payload: bytes) -> None:
         """Append GOP ``index`` (frames ``first_frame .. first_frame + n_frames - 1``)."""
@@ -367,11 +373,21 @@ class _Source:
 
 
 class ContainerReader:
-    """Random access to a ``.gsv`` (path, bytes or seekable binary file): header, index, GOPs."""
+    """Random access to a ``.gsv`` (path, bytes or seekable binary file): header, index, GOPs.
+
+    Opening checks every GOP of the index against ``limits`` (frames and pixels a GOP of its size
+    may claim, the memory one frame needs): a file asking for more work than its size allows
+    fails here, before anything is decoded."""
 
     def __init__(
-        self, source: str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
+        self,
+        source: str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO,
+        *,
+        limits: DecodeLimits = DEFAULT_LIMITS,
+        salvage: bool = False,
     ) -> None:
+        self.limits = limits
+        self.index_problem: str | None = None  # why the index was not used (salvage only)
         self._src = _Source(source)
         size = self._src.size
         if size < _MIN_SIZE:
@@ -395,7 +411,17 @@ class ContainerReader:
             raise BitstreamError(f"container: file header CRC mismatch at byte {len(head) - 4}")
         self.header = StreamHeader.from_json(head[_PREFIX.size : -4], _PREFIX.size)
         self._data_start = len(head)
+        try:
+            self._read_index(size)
+        except BitstreamError as exc:
+            if not salvage:
+                raise
+            self.index_problem = str(exc)
+            self._scan_chunks(size)
+        self._firsts = [e.first_frame for e in self.gops]
+        self._check_limits()
 
+    def _read_index(self, size: int) -> None:
         footer_at = size - _FOOTER.size
         fmagic, index_offset, index_length, n_frames, fcrc = _FOOTER.unpack(
             self._src.read(footer_at, _FOOTER.size, "footer")
@@ -446,7 +472,57 @@ class ContainerReader:
             for r in table
         ]
         self.n_frames: int = int(n_frames)
-        self._firsts = [e.first_frame for e in self.gops]
+
+    def _scan_chunks(self, size: int) -> None:
+        """Salvage: find the GOP chunks by walking them from the header on (the index or footer is
+        damaged or cut off). Keeps every chunk whose header is plausible and whose frames do not
+        overlap an earlier one; a damaged stretch is skipped by searching for the next chunk magic.
+        ``n_frames`` becomes the end of the last GOP found."""
+        found: dict[int, GopEntry] = {}
+        pos = self._data_start
+        data_end = size
+        while pos + _CHUNK.size <= data_end:
+            magic, index, first, n, length, crc = _CHUNK.unpack(
+                self._src.read(pos, _CHUNK.size, "GOP chunk header")
+            )
+            end = pos + _CHUNK.size + length
+            if magic == _CHUNK_MAGIC and n >= 1 and end <= data_end and index not in found:
+                found[index] = GopEntry(index, first, n, pos, length, crc)
+                pos = end
+                continue
+            pos = self._next_magic(pos + 1, data_end)
+        entries: list[GopEntry] = []
+        next_first = 0
+        for i in sorted(found):  # keep GOPs in order whose frame ranges do not overlap
+            e = found[i]
+            if e.first_frame >= next_first and (not entries or entries[-1].index < e.index):
+                entries.append(e)
+                next_first = e.first_frame + e.n_frames
+        if not entries:
+            raise BitstreamError(
+                f"container: no intact GOP chunk found to salvage ({self.index_problem})"
+            )
+        self.gops = entries
+        self.n_frames = next_first
+
+    def _next_magic(self, start: int, end: int, block: int = 1 << 20) -> int:
+        """The offset of the next chunk magic at or after ``start``, or ``end``."""
+        pos = start
+        while pos < end:
+            n = min(block + len(_CHUNK_MAGIC) - 1, end - pos)
+            hit = self._src.read(pos, n, "salvage scan").find(_CHUNK_MAGIC)
+            if hit >= 0:
+                return pos + hit
+            pos += block
+        return end
+
+    def _check_limits(self) -> None:
+        """Every GOP's claimed frames against its payload size (:class:`DecodeLimits`)."""
+        h = self.header
+        self.limits.check_frame_size(h.width, h.height, "container")
+        for e in self.gops:
+            where = f"container: GOP {e.index} (index)"
+            self.limits.check_gop(h.width, h.height, e.n_frames, e.length, where, records=False)
 
     def _check_table(self, t: np.ndarray, index_offset: int, n_frames: int) -> None:
         """Indices 0..G-1 in order, frames tiled 0..n_frames-1, chunks tiling the data region."""
@@ -505,7 +581,8 @@ class ContainerReader:
         return payload
 
     def gop_for_frame(self, frame: int) -> int:
-        """Index of the GOP holding ``frame`` (0-based)."""
+        """Position in :attr:`gops` of the GOP holding ``frame`` (0-based); the GOP index itself
+        except for a salvaged file with GOPs missing."""
         if not _is_int(frame) or not 0 <= frame < self.n_frames:
             raise BitstreamError(
                 f"container: frame {frame!r} out of range (the stream has {self.n_frames} frames)"
@@ -526,3 +603,53 @@ class ContainerReader:
         tb: TracebackType | None,
     ) -> None:
         return None
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A stretch of a ``.gsv`` that could not be decoded: GOP ``gop`` (None: unknown, e.g. lost
+    to truncation) covering frames ``first_frame .. first_frame + n_frames - 1`` (``n_frames``
+    None: to the end of the stream, whose length is then unknown)."""
+
+    gop: int | None
+    first_frame: int
+    n_frames: int | None
+    reason: str
+
+    def describe(self) -> str:
+        frames = (
+            f"frames {self.first_frame}..{self.first_frame + self.n_frames - 1}"
+            if self.n_frames is not None
+            else f"frames from {self.first_frame} on"
+        )
+        what = f"GOP {self.gop}" if self.gop is not None else "missing GOPs"
+        return f"{what} ({frames}): {self.reason}"
+
+
+def open_gsv(
+    gsv: str | Path | bytes, *, limits: DecodeLimits = DEFAULT_LIMITS, salvage: bool = False
+) -> tuple[ContainerReader, list[Damage]]:
+    """The reader of a ``.gsv`` and, with ``salvage``, the stretches already known to be lost
+    (GOPs the index names but the scan did not find, a cut-off tail)."""
+    reader = ContainerReader(
+        gsv if isinstance(gsv, bytes) else Path(gsv), limits=limits, salvage=salvage
+    )
+    damage: list[Damage] = []
+    if reader.index_problem is not None:
+        reason = f"not found ({reader.index_problem})"
+        expected_first, expected_index = 0, 0
+        for e in reader.gops:
+            if e.first_frame > expected_first:
+                n = e.first_frame - expected_first
+                damage.append(Damage(None, expected_first, n, reason))
+            expected_first, expected_index = e.first_frame + e.n_frames, e.index + 1
+        damage.append(
+            Damage(
+                None,
+                expected_first,
+                None,
+                f"the file ends early or its index is damaged "
+                f"(GOPs from {expected_index} on, if any, are lost)",
+            )
+        )
+    return reader, damage

@@ -132,11 +132,31 @@ class _Writer:
         return words.astype("<u4").tobytes().rstrip(b"\0")
 
 
+@dataclass(frozen=True)
+class _Syntax:
+    """What the symbol streams of one GOP format look like to a reader (docs/FORMAT.md)."""
+
+    n_modes: int  # model modes a stream may name: 17 before GOP format 5 (no reuse), then 18
+    med: bool  # the 'med' motion predictor is a P-frame position candidate (format 3 on)
+    index_modes: int  # how a P-frame says which rows change: 2 (gaps, runs) before format 3
+
+
+def _syntax(fmt: int) -> _Syntax:
+    """The reader syntax of GOP format ``fmt`` (1 .. 5). Format 3 is read as it was from commit
+    504af92 on, which added the context bitmap index mode without a version bump."""
+    return _Syntax(
+        n_modes=_N_MODES if fmt >= 5 else _MODE_REUSE,
+        med=fmt >= 3,
+        index_modes=_INDEX_MODES if fmt >= 3 else 2,
+    )
+
+
 class _Reader:
     """Range decoder mirroring :class:`_Writer`; every failure becomes BitstreamError."""
 
-    def __init__(self, body: bytes, what: str) -> None:
+    def __init__(self, body: bytes, what: str, fmt: int = 5) -> None:
         self._what = what
+        self.syntax = _syntax(fmt)
         raw = body.rstrip(b"\0")
         raw += b"\0" * (-len(raw) % 4)
         self._dec = _Q.RangeDecoder(np.frombuffer(raw, dtype="<u4").astype(np.uint32))
@@ -537,7 +557,7 @@ def _get(r: _Reader, n: int, kbits: int, cands: list[_Cand], memo: _Memo = None)
     if not n or not kbits:
         return np.zeros(n, dtype=np.int64)
     ci = int(r.uniform(1, len(cands))[0]) if len(cands) > 1 else 0
-    mode = int(r.uniform(1, _N_MODES)[0])
+    mode = int(r.uniform(1, r.syntax.n_modes)[0])
     if mode == _MODE_ZERO:
         res = np.zeros(n, dtype=np.int64)
     elif mode == 0:
@@ -632,12 +652,13 @@ def _cands(base: str, src: np.ndarray, refs: dict[int, np.ndarray], c: int) -> l
 
 
 def _inter_cands(
-    src: np.ndarray, near3: np.ndarray, refs: dict[int, np.ndarray], c: int
+    src: np.ndarray, near3: np.ndarray, refs: dict[int, np.ndarray], c: int, med: bool = True
 ) -> list[_Cand]:
     """P-frame delta predictors for channel ``c``: those of :func:`_cands`, plus for the position
-    deltas the median of the three spatially nearest earlier updates (motion is coherent)."""
+    deltas the median of the three spatially nearest earlier updates (motion is coherent; not
+    in GOP formats 1 and 2: ``med=False``)."""
     out = _cands("zz", src, refs, c)
-    if c in (0, 1):
+    if med and c in (0, 1):
         out.append(_Cand("med", src3=near3))
     return out
 
@@ -716,8 +737,8 @@ def encode_intra(q: QGaussians, grid: QuantGrid) -> bytes:
     return write_varint(len(rows)) + _padded(w.finish(), len(rows))
 
 
-def decode_intra(data: bytes, grid: QuantGrid) -> QGaussians:
-    """Inverse of :func:`encode_intra`; bad data raises BitstreamError."""
+def decode_intra(data: bytes, grid: QuantGrid, fmt: int = 5) -> QGaussians:
+    """Inverse of :func:`encode_intra` (or of GOP format ``fmt``'s); bad data raises BitstreamError."""
     what = "I-frame"
     data = bytes(data)
     n, pos = read_varint(data, 0, what)
@@ -727,7 +748,7 @@ def decode_intra(data: bytes, grid: QuantGrid) -> QGaussians:
         if body:
             raise BitstreamError(f"{what}: {len(body)} bytes after an empty frame")
         return QGaussians.empty()
-    r = _Reader(body, what)
+    r = _Reader(body, what, fmt)
     rows = _get_set(r, n, grid)
     r.finish()
     return _to_q(rows)
@@ -889,9 +910,11 @@ def decode_inter(
     grid: QuantGrid,
     ctx: np.ndarray | None = None,
     memory: ModelMemory | None = None,
+    fmt: int = 5,
 ) -> QGaussians:
     """Inverse of :func:`encode_inter` (same ``ctx``, a ``memory`` in the state the encoder's
-    was in, updated in place): ``prev`` with changed rows replaced and added rows appended."""
+    was in, updated in place): ``prev`` with changed rows replaced and added rows appended.
+    ``fmt`` is the GOP format the record was written in (1 .. 5)."""
     what = "P-frame"
     data = bytes(data)
     k, pos = read_varint(data, 0, what)
@@ -908,10 +931,10 @@ def decode_inter(
         if body:
             raise BitstreamError(f"{what}: {len(body)} bytes after an empty update")
         return _to_q(rows)
-    r = _Reader(body, what)
+    r = _Reader(body, what, fmt)
     if k:
         kb = _nbits(n_prev)
-        mode = int(r.uniform(1, _INDEX_MODES)[0])
+        mode = int(r.uniform(1, r.syntax.index_modes)[0])
         if mode == 2:
             idx = _get_ctx_bitmap(r, _ctx_groups(ctx, n_prev), k, what)
         elif mode == 1:
@@ -934,7 +957,7 @@ def decode_inter(
         done: dict[int, np.ndarray] = {}
         for c in (0, 1, *_INTRA_ATTRS):
             memo = _key(memory, f"d.{c}")
-            d = _get(r, k, int(bits[c]), _inter_cands(src, near3, done, c), memo)
+            d = _get(r, k, int(bits[c]), _inter_cands(src, near3, done, c, r.syntax.med), memo)
             done[c] = d
             rows[idx, c] = (rows[idx, c] + d) % (1 << int(bits[c]))
     if m:

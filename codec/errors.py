@@ -19,6 +19,11 @@ class BitstreamError(CodecError):
     """
 
 
+class DecodeLimitError(BitstreamError):
+    """A file asks for more decoding work than its size or the memory budget allows
+    (:class:`codec.bitstream.DecodeLimits`): a hostile or absurd file, not a damaged one."""
+
+
 class CodecConfigError(CodecError):
     """A configuration value is out of range; the message names it and the valid range."""
 

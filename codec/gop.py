@@ -13,16 +13,24 @@ A GOP depends on nothing outside its payload, so GOPs can be encoded anywhere
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from codec.bitstream import FrameKind, GopHeader, pack_gop, unpack_gop_enhanced
+from codec.bitstream import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    FrameKind,
+    GopHeader,
+    pack_gop,
+    unpack_gop,
+    unpack_gop_enhanced,
+)
 from codec.config import CodecConfig
-from codec.enhance import apply_enhancer, enhance_gop
+from codec.enhance import enhance_gop, frame_enhancer
 from codec.entropy import (
     ModelMemory,
     canonical_order,
@@ -34,14 +42,14 @@ from codec.entropy import (
 from codec.errors import BitstreamError, CodecConfigError
 from codec.fit import fit_iframe, fit_pframe
 from codec.gaussians import Gaussians, change_energy
-from codec.init import random_init, superpixel_init
+from codec.init import count_for_detail, random_init, superpixel_init
 from codec.metrics import psnr_db
 from codec.quant import (
-    GRID_NBYTES,
     QGaussians,
     QuantGrid,
     dequantize,
     fake_quantize,
+    grid_nbytes,
     make_grid,
     quantize,
 )
@@ -169,7 +177,8 @@ def _code_iframe(
     """Fit (on ``device``), quantise and entropy-code (on the CPU) an I-frame; returns (state in
     canonical order, its grid, bytes, iters)."""
     h, w, _ = frame.shape
-    init = _initialise(frame, gaussian_count(cfg, h, w), cfg, roi_mask, gen)
+    n = count_for_detail(gaussian_count(cfg, h, w), frame)  # a flat frame needs few Gaussians
+    init = _initialise(frame, n, cfg, roi_mask, gen)
     on_dev = frame.to(device)
     fitted = fit_iframe(on_dev, init.to(device), cfg.fit, backend, generator=gen)
     g, iters = fitted.gaussians.detach().to("cpu"), fitted.iters
@@ -431,25 +440,38 @@ def encode_gop(
     return encode_gop_report(frames, config, roi_mask=roi_mask, device=device).payload
 
 
-def decode_gop(payload: bytes, *, enhance: bool = True) -> np.ndarray:
-    """Decode a GOP payload to uint8 [T, H, W, 3]; any malformed payload raises BitstreamError.
+EMPTY_UPDATE = b"\x00\x00"  # a P-frame record changing and adding nothing: the picture repeats
 
-    With ``enhance`` (the default) a GOP that carries an enhancer record is enhanced;
-    ``enhance=False`` gives the raw Gaussian output (what the closed loop predicted from)."""
+
+def iter_gop_frames(
+    payload: bytes,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    expect: tuple[int, int, int] | None = None,
+    *,
+    enhance: bool = True,
+) -> Iterator[np.ndarray]:
+    """Decode a GOP payload frame by frame (uint8 [H, W, 3] each, a new array per frame).
+
+    ``limits`` bounds the work the payload may ask for (:class:`codec.bitstream.DecodeLimits`),
+    checked before any frame is rendered; ``expect`` (n_frames, width, height), what the
+    container says, must match the GOP header. Any malformed or over-limit payload raises
+    BitstreamError. An unchanged P-frame repeats the previous picture without rendering.
+    With ``enhance`` (the default) a GOP that carries an enhancer record yields enhanced frames
+    (a post-filter: the Gaussians are decoded the same); ``enhance=False`` gives the raw output."""
     header, coded, enhancer = unpack_gop_enhanced(payload)
+    post = frame_enhancer(enhancer) if enhance and enhancer else None
     h, w, t_count = header.height, header.width, header.n_frames
-    if not (1 <= h <= MAX_SIDE_PX and 1 <= w <= MAX_SIDE_PX) or not (
-        1 <= t_count <= MAX_GOP_FRAMES
-    ):
+    what = "GOP"
+    if expect is not None and expect != (t_count, w, h):
         raise BitstreamError(
-            f"GOP header claims {t_count} frames of {w}x{h}, outside the codec's limits"
+            f"{what} header says {t_count} frames of {w}x{h}, the container "
+            f"{expect[0]} of {expect[1]}x{expect[2]}"
         )
-    if t_count * h * w * 3 > MAX_DECODE_BYTES:
-        raise BitstreamError(
-            f"GOP would decode to {t_count * h * w * 3} bytes, over the {MAX_DECODE_BYTES} limit"
-        )
-    if len(coded) != t_count:
-        raise BitstreamError(f"GOP header says {t_count} frames but the payload holds {len(coded)}")
+    if not (1 <= h <= MAX_SIDE_PX and 1 <= w <= MAX_SIDE_PX):
+        raise BitstreamError(f"{what} header claims {w}x{h} frames, outside the codec's limits")
+    limits.check_gop(w, h, t_count, len(payload), what)
+    n_render = sum(1 for kind, data in coded if kind != FrameKind.P or data != EMPTY_UPDATE)
+    limits.check_rendered(w, h, n_render, len(payload), what)
     if header.flags & ~KNOWN_GOP_FLAGS:
         raise BitstreamError(
             f"GOP header flags 0x{header.flags:02x} use features this decoder does not know; "
@@ -462,22 +484,50 @@ def decode_gop(payload: bytes, *, enhance: bool = True) -> np.ndarray:
             return render_canonical_u8(g, h, w)
         return to_u8(legacy.render_nograd(g, h, w))
 
-    out = np.empty((t_count, h, w, 3), dtype=np.uint8)
     state: QGaussians | None = None
     ctx: np.ndarray | None = None
     models = ModelMemory()
-    grid = header.grid
-    for t, (kind, data) in enumerate(coded):
+    picture: np.ndarray | None = None
+    grid, fmt = header.grid, header.version  # older formats decode too (docs/FORMAT.md)
+    grid_size = grid_nbytes(fmt)
+    for kind, data in coded:
         if kind == FrameKind.I:
-            state, ctx, models = decode_intra(data, grid), None, ModelMemory()
+            state, ctx, models = decode_intra(data, grid, fmt), None, ModelMemory()
         elif kind == FrameKind.I_NEW_GRID:
-            grid = QuantGrid.from_bytes(data[:GRID_NBYTES])
-            state, ctx, models = decode_intra(data[GRID_NBYTES:], grid), None, ModelMemory()
+            grid = QuantGrid.from_bytes(data[:grid_size], fmt)
+            state, ctx, models = decode_intra(data[grid_size:], grid, fmt), None, ModelMemory()
         elif state is None:
             raise BitstreamError("GOP starts with a P-frame; the first frame must be an I-frame")
+        elif data == EMPTY_UPDATE and picture is not None:
+            # nothing changes: the same state renders to the same picture; no row was touched
+            ctx = np.zeros(len(state), dtype=bool)
+            yield picture.copy()  # (the shown picture: enhanced when the GOP has a record)
+            continue
         else:
-            new_state = decode_inter(data, state, grid, ctx, models)
+            new_state = decode_inter(data, state, grid, ctx, models, fmt)
             ctx = _touched(state, new_state)
             state = new_state
-        out[t] = render(dequantize(state, grid))
-    return apply_enhancer(enhancer, out) if enhance and enhancer else out
+        limits.check_gaussians(w, h, len(state), what)
+        raw = render(dequantize(state, grid))
+        picture = raw if post is None else post(raw)
+        yield picture
+
+
+def decode_gop(
+    payload: bytes, limits: DecodeLimits = DEFAULT_LIMITS, *, enhance: bool = True
+) -> np.ndarray:
+    """Decode a GOP payload to uint8 [T, H, W, 3]; any malformed payload raises BitstreamError.
+    Holds the whole GOP: :func:`iter_gop_frames` streams it. With ``enhance`` (the default) a GOP
+    that carries an enhancer record is enhanced; ``enhance=False`` gives the raw Gaussian output
+    (what the closed loop predicted from)."""
+    header, _ = unpack_gop(payload)
+    t_count, h, w = header.n_frames, header.height, header.width
+    limits.check_gop(w, h, t_count, len(payload), "GOP")
+    if t_count * h * w * 3 > MAX_DECODE_BYTES:
+        raise BitstreamError(
+            f"GOP would decode to {t_count * h * w * 3} bytes, over the {MAX_DECODE_BYTES} limit"
+        )
+    out = np.empty((t_count, h, w, 3), dtype=np.uint8)
+    for t, frame in enumerate(iter_gop_frames(payload, limits, enhance=enhance)):
+        out[t] = frame
+    return out

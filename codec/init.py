@@ -245,6 +245,38 @@ def _gaussians_from_labels(
     return Gaussians(xy_px=xy, chol=chol, rgb=t(rgb))
 
 
+DETAIL_BLOCK_PX = 8  # detail is measured per block of this many pixels square
+DETAIL_STD = 1.5 / 255.0  # a block whose colour varies less than this (std) is flat
+DETAIL_FULL_SHARE = 0.25  # frames with at least this share of detailed blocks get the full count
+MIN_IFRAME_GAUSSIANS = 32  # the floor for a flat or black frame (flat grey: 255 B, 43 dB at q5)
+
+
+def detail_share(frame: Tensor | NDArray[np.floating]) -> float:
+    """Share of ``DETAIL_BLOCK_PX`` blocks of ``frame`` (float [H, W, 3] in 0..1) whose colour
+    varies (std above ``DETAIL_STD`` in some channel); a frame smaller than a block counts whole."""
+    img = _as_numpy_frame(frame)
+    h, w, _ = img.shape
+    b = DETAIL_BLOCK_PX
+    if h < b or w < b:
+        return float(img.reshape(-1, 3).std(axis=0).max() > DETAIL_STD)
+    blocks = img[: h - h % b, : w - w % b].reshape(h // b, b, w // b, b, 3)
+    std = blocks.std(axis=(1, 3)).max(axis=-1)  # [H/b, W/b]
+    return float((std > DETAIL_STD).mean())
+
+
+def count_for_detail(n: int, frame: Tensor | NDArray[np.floating]) -> int:
+    """The I-frame Gaussian count ``n`` scaled down for a frame with little detail.
+
+    Frames with at least ``DETAIL_FULL_SHARE`` detailed blocks (any camera picture: noise alone
+    makes blocks vary) keep ``n``; a flat or black frame gets ``MIN_IFRAME_GAUSSIANS``, so it
+    costs a few hundred bytes instead of the full density's ~13 KB at 176x144, and in between
+    the count follows the share of detailed blocks."""
+    share = detail_share(frame)
+    if share >= DETAIL_FULL_SHARE:
+        return n
+    return max(min(n, MIN_IFRAME_GAUSSIANS), round(n * share / DETAIL_FULL_SHARE))
+
+
 def superpixel_init(
     frame: Tensor | NDArray[np.floating],
     n: int,

@@ -87,6 +87,11 @@ def _ms_ssim_batch(a_u8: np.ndarray, b_u8: np.ndarray) -> tuple[list[float], boo
     return [float(v) for v in vals], fallback
 
 
+def ssim_label(used_ssim_fallback: bool) -> str:
+    """The honest name of an ``ms_ssim`` value: "SSIM" when the fallback computed it."""
+    return "SSIM" if used_ssim_fallback else "MS-SSIM"
+
+
 def ms_ssim(a_u8: np.ndarray, b_u8: np.ndarray) -> tuple[float, bool]:
     """MS-SSIM of two 8-bit RGB frames ``[H, W, 3]`` -> ``(value, used_ssim_fallback)``.
 

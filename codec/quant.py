@@ -57,6 +57,14 @@ _MAX_LOG_DIAG = math.log(1e6)  # geometric levels stay below 1e6 px
 # xy_bits chol_bits rgb_bits refine | xy_lo xy_step chol_lo[3] chol_step[3] rgb_lo[3] rgb_step[3]
 _GRID_FMT = "<4B14f"
 GRID_NBYTES = struct.calcsize(_GRID_FMT)  # 60
+_GRID_FMT_V3 = "<3B14f"  # GOP formats 1 .. 3: no refinement byte (59 bytes)
+
+
+def grid_nbytes(fmt: int) -> int:
+    """Bytes of a quantisation grid in GOP format ``fmt``: 59 before format 4, then 60."""
+    return GRID_NBYTES if fmt >= 4 else struct.calcsize(_GRID_FMT_V3)
+
+
 MAX_REFINE = 4  # at most 16 P-frame levels per I-frame level
 
 
@@ -83,6 +91,9 @@ class QuantGrid:
     rgb_step: tuple[float, float, float]
     xy_refine: int = 0  # P-frame position levels per I-frame level: 2**xy_refine
     attr_refine: int = 0  # the same for the Cholesky and colour channels
+    # geometric levels for l11, l22 (GOP format 2 on); False only for grids read from format 1
+    # files, whose diagonals were uniform like the other channels (chol_step is then a step)
+    geometric_diag: bool = True
 
     def __post_init__(self) -> None:
         problem = self.problem()
@@ -124,6 +135,8 @@ class QuantGrid:
         for i in GEOMETRIC_CHOL:
             if self.chol_lo[i] < MIN_CHOL_DIAG:
                 return f"chol_lo[{i}]={self.chol_lo[i]} is below MIN_CHOL_DIAG={MIN_CHOL_DIAG}"
+            if not self.geometric_diag:
+                continue
             ratio = self.chol_step[i]
             if not 1.0 < ratio <= _MAX_RATIO:
                 return f"chol_step[{i}]={ratio} (a level ratio) must be in (1, {_MAX_RATIO}]"
@@ -137,6 +150,8 @@ class QuantGrid:
     def to_bytes(self) -> bytes:
         """60 bytes: three u8 bit depths, u8 refinement (``xy_refine | attr_refine << 4``), then 14
         little-endian float32 (see docs/FORMAT.md)."""
+        if not self.geometric_diag:
+            raise ValueError("a GOP format 1 grid (uniform diagonals) cannot be written")
         return struct.pack(
             _GRID_FMT,
             self.xy_bits,
@@ -152,17 +167,23 @@ class QuantGrid:
         )
 
     @staticmethod
-    def from_bytes(data: bytes) -> QuantGrid:
-        """Inverse of :meth:`to_bytes`; anything but a valid 60-byte grid raises BitstreamError."""
-        if len(data) != GRID_NBYTES:
-            raise BitstreamError(f"quant grid: expected {GRID_NBYTES} bytes, got {len(data)}")
-        v = struct.unpack(_GRID_FMT, bytes(data))
+    def from_bytes(data: bytes, fmt: int = 5) -> QuantGrid:
+        """Inverse of :meth:`to_bytes`; anything but a valid grid of GOP format ``fmt`` (59 bytes
+        without the refinement byte before format 4) raises BitstreamError."""
+        n = grid_nbytes(fmt)
+        if len(data) != n:
+            raise BitstreamError(f"quant grid: expected {n} bytes, got {len(data)}")
+        if fmt >= 4:
+            v = struct.unpack(_GRID_FMT, bytes(data))
+        else:
+            v0 = struct.unpack(_GRID_FMT_V3, bytes(data))
+            v = (*v0[:3], 0, *v0[3:])
         f = [float(x) for x in v[4:]]
         try:
             return QuantGrid(
                 int(v[0]), int(v[1]), int(v[2]), f[0], f[1],
                 (f[2], f[3], f[4]), (f[5], f[6], f[7]), (f[8], f[9], f[10]), (f[11], f[12], f[13]),
-                xy_refine=int(v[3]) & 15, attr_refine=int(v[3]) >> 4,
+                xy_refine=int(v[3]) & 15, attr_refine=int(v[3]) >> 4, geometric_diag=fmt >= 2,
             )  # fmt: skip
         except ValueError as exc:
             raise BitstreamError(f"quant grid: {exc}") from exc
@@ -395,7 +416,7 @@ def dequantize(q: QGaussians, grid: QuantGrid) -> Gaussians:
     lo, step, _ = (t.to(q.xy.device) for t in grid._channels())
     rows = q.rows()
     x = rows.double() * step + lo  # [N, 8]
-    for i in GEOMETRIC_CHOL:
+    for i in GEOMETRIC_CHOL if grid.geometric_diag else ():
         x[:, 2 + i] = grid.diag_table(i).to(x.device)[rows[:, 2 + i].long()]
     x = x.float()
     return Gaussians(x[:, 0:2].contiguous(), x[:, 2:5].contiguous(), x[:, 5:8].contiguous())

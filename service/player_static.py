@@ -16,10 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-# TODO(lead, issue 12): `splatpack serve` should print the player's address. One line in cmd_serve
-# (workers/cli.py today, moving to frontdoor/), after "splatpack is serving at ...":
-#     print(f"player: {api_url}/player/?job=<job id> (or ?src=<.gsv URL>)")
-# Not done here because another helper is moving that file.
+# `splatpack serve` (frontdoor/cli.py) prints the player's address beside the API's.
 PLAYER_DIR = Path(__file__).resolve().parent.parent / "player"
 PLAYER_PATH = "/player"
 

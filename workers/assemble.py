@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from codec.metrics import ssim_label
 from workers.inputs import JobError
 
 if TYPE_CHECKING:
@@ -388,6 +389,9 @@ def build_report(
         "psnr_db_min": verify.psnr_db_min,
         "ms_ssim": verify.ms_ssim,
         "ms_ssim_used_ssim_fallback": verify.ms_ssim_used_ssim_fallback,
+        # what ``ms_ssim`` holds, by its honest name: "SSIM" when the frames were too small for
+        # the 5-scale metric and single-scale SSIM was computed instead
+        "ssim_metric": ssim_label(verify.ms_ssim_used_ssim_fallback),
         "dss": verify.dss,
         "haarpsi": verify.haarpsi,
         # the delivered output above is enhanced where a GOP carries an enhancer record;

@@ -144,3 +144,21 @@ def test_write_report_without_points(tmp_path: Path) -> None:
     write_report([], tmp_path, "empty", {"note": "nothing measured"})
     assert json.loads((tmp_path / "results.json").read_text())["points"] == []
     assert "nothing measured" in (tmp_path / "results.md").read_text()
+
+
+def test_report_labels_ssim_fallback_points_honestly(tmp_path: Path) -> None:
+    """A value computed as single-scale SSIM is never shown under a bare MS-SSIM heading."""
+    big = RatePoint("x264", 23, 0.1, 30.0, 0.95, 10.0, 10.0, {"ms_ssim_is_ssim": False})
+    small = RatePoint("gsv", 4, 0.1, 29.0, 0.90, 1.0, 10.0, {"ms_ssim_is_ssim": True})
+    write_report([big, small], tmp_path, "mixed", {})
+    md = (tmp_path / "results.md").read_text()
+    assert "MS-SSIM (SSIM where marked)" in md and "0.9000 (SSIM)" in md
+    write_report([small], tmp_path, "small", {})
+    md = (tmp_path / "results.md").read_text()
+    assert "| SSIM |" in md and "MS-SSIM |" not in md
+
+
+def test_ssim_label() -> None:
+    from codec.metrics import ssim_label
+
+    assert ssim_label(True) == "SSIM" and ssim_label(False) == "MS-SSIM"

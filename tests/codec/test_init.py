@@ -197,3 +197,17 @@ def test_detect_face_roi_head_and_shoulders() -> None:
     assert mask[300, 220]  # shoulders/chest below the face
     assert not mask[20, 20] and not mask[500, 10]
     assert 0.05 < mask.mean() < 0.6
+
+
+def test_count_follows_detail_with_a_floor() -> None:
+    from codec.init import MIN_IFRAME_GAUSSIANS, count_for_detail, detail_share
+
+    flat = np.full((64, 64, 3), 0.5, np.float32)
+    noisy = np.random.default_rng(0).random((64, 64, 3), dtype=np.float32)
+    half = flat.copy()
+    half[:, :8] = noisy[:, :8]  # one column of blocks in eight has detail
+    assert detail_share(flat) == 0.0 and detail_share(noisy) == 1.0
+    assert count_for_detail(1000, flat) == MIN_IFRAME_GAUSSIANS
+    assert count_for_detail(1000, noisy) == 1000
+    assert count_for_detail(1000, half) == 500  # 1/8 detailed is half of the full-count share
+    assert count_for_detail(5, flat) == 5  # never more than asked

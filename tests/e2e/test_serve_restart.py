@@ -28,11 +28,11 @@ from typing import Any
 
 import pytest
 
+from frontdoor.client import SplatpackClient
 from infra.serve_state import state_path
 from infra.supervise import is_alive
 from tests.fixtures.s3 import free_port
 from tests.workers.helpers import TINY_CODEC, make_video, wait_for
-from workers.client import SplatpackClient
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ The API is the production command (``uvicorn service.app:create_app --factory``)
 as a subprocess on a free port, configured by environment; storage is S3 on a
 moto server; the runner works in a thread of this process and fans GOPs out to
 the session's local Ray cluster; Postgres is real. The client is the
-``splatpack`` CLI (``workers.cli.main``), which uploads over REST, follows
+``splatpack`` CLI (``frontdoor.cli.main``), which uploads over REST, follows
 progress and downloads the outputs (307 redirects to presigned S3 URLs).
 """
 
@@ -31,12 +31,12 @@ from codec.container import ContainerReader
 from codec.gop import decode_gop
 from codec.metrics import psnr_db
 from codec.video import iter_frames
+from frontdoor.cli import _stop_process, _wait_for_api, api_command, main
 from infra.storage import S3Storage
 from infra.tenants import create_tenant_key
 from tests.fixtures.s3 import free_port
 from tests.workers.helpers import make_video, wait_for, worker_settings
 from tests.workers.receiver import Receiver
-from workers.cli import _stop_process, _wait_for_api, api_command, main
 from workers.runner import Runner
 
 REPO = Path(__file__).resolve().parents[2]

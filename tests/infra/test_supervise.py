@@ -157,7 +157,7 @@ def test_keys_refuse_without_a_server_database(
 def test_keys_create_without_a_server_database_says_how(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from workers.cli import main
+    from frontdoor.cli import main
 
     for name in list(os.environ):
         if name.startswith("SPLATPACK_"):

@@ -22,9 +22,9 @@ from codec.container import ContainerReader
 from codec.gop import decode_gop
 from codec.metrics import psnr_db
 from codec.video import VideoWriter
+from frontdoor.cli import _stop_process, main
 from tests.fixtures.s3 import free_port
 from tests.workers.helpers import TINY_CODEC, synthetic_frames
-from workers.cli import _stop_process, main
 
 REPO = Path(__file__).resolve().parents[2]
 NODE = shutil.which("node")

@@ -261,7 +261,7 @@ REPO = Path(__file__).resolve().parents[2]
 def worker_process(
     env: WorkerEnv, settings: Settings, extra_env: dict[str, str], worker_id: str = "doomed"
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """A real ``python -m workers worker`` process on ``env``'s database and ``settings``' local
+    """A real ``python -m frontdoor worker`` process on ``env``'s database and ``settings``' local
     storage (plus ``extra_env``), logging to a file; yields (process, log path) and kills it
     on the way out if it still runs."""
     proc_env = dict(os.environ)
@@ -278,7 +278,7 @@ def worker_process(
     log_path = env.tmp_path / f"{worker_id}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "workers", "worker", "--worker-id", worker_id],
+            [sys.executable, "-m", "frontdoor", "worker", "--worker-id", worker_id],
             cwd=REPO,
             env=proc_env,
             stdout=log,

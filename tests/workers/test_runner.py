@@ -115,6 +115,7 @@ def test_job_runs_to_success_with_outputs_and_callback(
     assert report["n_frames"] == 7 and report["bytes"] == gsv.stat().st_size
     assert report["bits_per_pixel"] == pytest.approx(gsv.stat().st_size * 8 / (48 * 32 * 7))
     assert report["psnr_db"] > 10 and 0 < report["ms_ssim"] <= 1
+    assert report["ssim_metric"] == "SSIM"  # 48x32 frames: computed as SSIM, named so
     assert set(report["timings_s"]) >= {"probing", "encoding", "assembling", "verifying"}
 
     preview = worker_env.tmp_path / "preview.mp4"

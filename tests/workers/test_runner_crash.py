@@ -1,6 +1,6 @@
 """A runner process killed with SIGKILL mid-job: another runner finishes it, bit-exactly.
 
-The doomed runner is a real ``python -m workers worker`` subprocess joined to
+The doomed runner is a real ``python -m frontdoor worker`` subprocess joined to
 the test session's Ray cluster. A fault marker (``workers/gops.py``) makes GOP 1
 hang on its first attempt, so the kill lands while GOP 0 is done and GOP 1 is
 running. The lease then expires and an in-process runner takes the job over,

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from codec.metrics import ssim_label
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CLIP = REPO.parent / "shared" / "data" / "carphone_pristine.mp4"
 KEY_LINE = "API key for tenant 'default':"
@@ -67,7 +69,7 @@ def _free_port() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m frontdoor.demo", description=__doc__)
     parser.add_argument("--clip", type=Path, default=None, help="video to transcode")
     parser.add_argument("--frames", type=int, default=20, help="encode the first N frames")
     parser.add_argument("--gop", type=int, default=10)
@@ -95,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"starting splatpack serve (data in {data_dir}) ...", flush=True)
     serve = subprocess.Popen(
-        [sys.executable, "-m", "workers", "serve"],
+        [sys.executable, "-m", "frontdoor", "serve"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -120,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if serve.poll() is not None or time.monotonic() > deadline:
                 print("error: splatpack serve did not come up (see its output above)")
                 return 1
-        from workers.cli import main as splatpack
+        from frontdoor.cli import main as splatpack
 
         out_dir = data_dir / "outputs"
         code = splatpack(
@@ -148,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
         report = json.loads((out_dir / "report.json").read_text())
         summary = {k: report.get(k) for k in ("n_frames", "bytes", "bits_per_pixel", "psnr_db")}
-        summary.update(ms_ssim=report.get("ms_ssim"), timings_s=report.get("timings_s"))
+        label = ssim_label(bool(report.get("ms_ssim_used_ssim_fallback"))).lower().replace("-", "_")
+        summary.update({label: report.get("ms_ssim"), "timings_s": report.get("timings_s")})
         print(json.dumps(summary, indent=2))
         print(
             f"outputs in {out_dir} (decode with: splatpack decode {out_dir / 'video.gsv'} -o out.mp4)"

@@ -159,11 +159,15 @@ class SplatpackClient:
             filename = Path(str(key)).name or name
             target = out / filename
             tmp = target.with_name(f".{target.name}.part")
-            with open(tmp, "wb") as fh:
-                for chunk in self.iter_output(str(job["id"]), name):
-                    fh.write(chunk)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
+            try:  # complete or not at all
+                with open(tmp, "wb") as fh:
+                    for chunk in self.iter_output(str(job["id"]), name):
+                        fh.write(chunk)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             written.append(target)
         return written

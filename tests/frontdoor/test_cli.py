@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from frontdoor.cli import main
+from frontdoor.client import SplatpackClient
 from infra.tenants import authenticate
 from tests.fixtures.s3 import free_port
 from tests.workers.helpers import TINY_CODEC, make_video
-from workers.cli import main
-from workers.client import SplatpackClient
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,7 +97,7 @@ def test_serve_runs_everything_and_stops_cleanly_on_ctrl_c(
         }
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workers", "serve"],
+        [sys.executable, "-m", "frontdoor", "serve"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -14,6 +14,8 @@
   ``--key`` / ``SPLATPACK_API_KEY``).
 - ``keys create --tenant NAME``: a new API key, straight in the database.
 
+Global options (``-v``, and for the codec commands ``-y``/``-n``) go before or after the
+subcommand, as in ffmpeg; ``--version`` prints the version and the bitstream formats.
 User mistakes print one ``error:`` line and return 2; Ctrl-C returns 130.
 """
 
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
     from infra.settings import Settings
 
 CODEC_COMMANDS = ("encode", "decode", "info", "bench")
-API_APP = "service.app:create_app"  # by string: workers never import service
+API_APP = "service.app:create_app"  # uvicorn imports it in the API's own process
 
 
 def _settings() -> Settings:
@@ -159,6 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print("starting Ray ...", flush=True)
             connect_ray(settings)
             print(f"splatpack is serving at {api_url} (OpenAPI at {api_url}/docs)")
+            print(f"player: {api_url}/player/?job=<job id> (or ?src=<.gsv URL>)")
             print(f"API key for tenant 'default': {api_key}")
             print(f"  export SPLATPACK_API_URL={api_url} SPLATPACK_API_KEY={api_key}")
             print("Ctrl-C stops everything.", flush=True)
@@ -231,13 +234,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 # clients ----------------------------------------------------------------------
 def _client(args: argparse.Namespace) -> Any:
-    from workers.client import SplatpackClient
+    from frontdoor.client import SplatpackClient
 
     return SplatpackClient(args.api, args.key)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+
+    from codec.metrics import ssim_label
 
     path = Path(args.input)
     if not path.is_file():
@@ -292,7 +297,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(
                 f"{report.get('n_frames')} frames, {report.get('bytes')} bytes, "
                 f"{report.get('bits_per_pixel', 0):.4f} bpp, PSNR {report.get('psnr_db', 0):.2f} dB, "
-                f"MS-SSIM {report.get('ms_ssim', 0):.4f}"
+                f"{ssim_label(bool(report.get('ms_ssim_used_ssim_fallback')))} "
+                f"{report.get('ms_ssim', 0):.4f}"
             )
         for f in files:
             print(f"  {f}")
@@ -330,14 +336,34 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="splatpack", description="2D Gaussian splat video codec and transcoding service"
+def _global_options() -> argparse.ArgumentParser:
+    """``-v`` before or after the subcommand (suppressed default: one place does not reset the other)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="more log output"
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from codec.cli import version_text
+
+    common = _global_options()
+    parser = argparse.ArgumentParser(
+        prog="splatpack",
+        description="2D Gaussian splat video codec and transcoding service",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
     for name in CODEC_COMMANDS:
         sub.add_parser(name, help=f"codec: {name} (see splatpack {name} --help)", add_help=False)
+    _add_subparser = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return _add_subparser(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     p = sub.add_parser("serve", help="all-in-one: embedded Postgres, API, local Ray, runner")
     p.add_argument("--host", default=None)
@@ -386,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("keys", help="manage API keys")
     keys_sub = p.add_subparsers(dest="keys_command", required=True)
-    k = keys_sub.add_parser("create", help="create a tenant (if new) and print a new API key")
+    k = keys_sub.add_parser(
+        "create", help="create a tenant (if new) and print a new API key", parents=[common]
+    )
     k.add_argument("--tenant", required=True, help="tenant name")
     k.set_defaults(func=cmd_keys)
     return parser
@@ -395,16 +423,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``splatpack``; returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0] in CODEC_COMMANDS:
+    command = next((a for a in args_list if not a.startswith("-")), None)
+    if command in CODEC_COMMANDS:  # global options may come before it: none takes a value
         from codec.cli import main as codec_main
 
+        _setup_logging("-v" in args_list or "--verbose" in args_list)
         return codec_main(args_list)
     parser = build_parser()
     args = parser.parse_args(args_list)
-    _setup_logging(args.verbose)
+    _setup_logging(getattr(args, "verbose", False))
     import httpx
 
-    from workers.client import ApiError
+    from frontdoor.client import ApiError
 
     try:
         return int(args.func(args))
