@@ -170,6 +170,44 @@ class _Schedule:
         return warm * self.scale
 
 
+class _Adam:
+    """Adam with torch.optim.Adam's defaults and arithmetic (single-tensor path), on a few tensors.
+
+    Written out because constructing ``torch.optim.Adam`` imports ``torch._dynamo``: 3 to 17 s
+    per process on the 2-core machine, more than all the fitting of a short encode, and paid
+    again by every parallel GOP worker. The per-row moments can follow a restructure.
+    """
+
+    def __init__(self, params: list[Tensor], betas: tuple[float, float] = (0.9, 0.999)) -> None:
+        self.params = params
+        self.b1, self.b2 = betas
+        self.eps = 1e-8
+        self.steps = 0
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+
+    def step(self, lrs: list[float]) -> None:
+        """One update of every parameter that has a gradient, with learning rates ``lrs``."""
+        self.steps += 1
+        bc1 = 1.0 - self.b1**self.steps
+        bc2_sqrt = math.sqrt(1.0 - self.b2**self.steps)
+        with torch.no_grad():
+            for p, m, v, lr in zip(self.params, self.exp_avg, self.exp_avg_sq, lrs, strict=True):
+                if p.grad is None:
+                    continue
+                m.lerp_(p.grad, 1.0 - self.b1)
+                v.mul_(self.b2).addcmul_(p.grad, p.grad, value=1.0 - self.b2)
+                denom = (v.sqrt() / bc2_sqrt).add_(self.eps)
+                p.addcdiv_(m, denom, value=-lr / bc1)
+
+    def carry_over(self, old: _Adam, keep: Tensor) -> None:
+        """Take ``old``'s step count and its moments of rows ``keep`` (new rows start at zero)."""
+        self.steps = old.steps
+        for mine, theirs in ((self.exp_avg, old.exp_avg), (self.exp_avg_sq, old.exp_avg_sq)):
+            for i, t in enumerate(theirs):
+                mine[i][: len(keep)] = t[keep]
+
+
 class _RowOptimizer:
     """Adam over a block of Gaussian rows with per-attribute learning rates."""
 
@@ -185,11 +223,7 @@ class _RowOptimizer:
         self.xy = rows.xy_px.detach().clone().to(torch.float32).requires_grad_(True)
         self.chol = rows.chol.detach().clone().to(torch.float32).requires_grad_(True)
         self.rgb = rows.rgb.detach().clone().to(torch.float32).requires_grad_(True)
-        self.opt = torch.optim.Adam(
-            [{"params": [p], "lr": lr} for p, lr in zip(self.params, self.base_lrs, strict=True)],
-            betas=(0.9, 0.999),
-            eps=1e-8,
-        )
+        self.opt = _Adam(self.params)
 
     @property
     def params(self) -> list[Tensor]:
@@ -207,11 +241,10 @@ class _RowOptimizer:
         )
 
     def step(self, loss: Tensor, lr_factor: float, height: int, width: int) -> None:
-        self.opt.zero_grad(set_to_none=True)
+        for p in self.params:
+            p.grad = None
         loss.backward()
-        for group, lr in zip(self.opt.param_groups, self.base_lrs, strict=True):
-            group["lr"] = lr * lr_factor
-        self.opt.step()
+        self.opt.step([lr * lr_factor for lr in self.base_lrs])
         with torch.no_grad():  # project back onto the valid set
             self.chol[:, 0].clamp_(min=MIN_CHOL_DIAG)
             self.chol[:, 2].clamp_(min=MIN_CHOL_DIAG)
@@ -220,20 +253,10 @@ class _RowOptimizer:
 
     def restructure(self, keep: Tensor, new: Gaussians) -> None:
         """Keep rows ``keep`` (int64, in order) and append ``new``; Adam moments follow the kept rows."""
-        old_params = self.params
-        old_state = [self.opt.state.get(p, {}) for p in old_params]
+        old = self.opt
         kept = self.rows().detach().index(keep)
         self._make(Gaussians.cat([kept, new.to(kept.device)]))
-        m = len(new)
-        for p_new, st in zip(self.params, old_state, strict=True):
-            if not st:
-                continue
-            pad = torch.zeros(m, p_new.shape[1], dtype=p_new.dtype, device=p_new.device)
-            self.opt.state[p_new] = {
-                "step": st["step"].clone(),
-                "exp_avg": torch.cat([st["exp_avg"][keep], pad]),
-                "exp_avg_sq": torch.cat([st["exp_avg_sq"][keep], pad]),
-            }
+        self.opt.carry_over(old, keep)
 
 
 def _default_generator(generator: torch.Generator | None) -> torch.Generator:

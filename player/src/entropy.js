@@ -86,7 +86,7 @@ function levelsFromSymbols(sym, what) {
 function getStream(rd, n, kbits, cands, mem, key) {
   if (!n || !kbits) return new Float64Array(n);
   const ci = cands.length > 1 ? rd.uniform(cands.length) : 0;
-  let mode = rd.uniform(N_MODES);
+  let mode = rd.uniform(rd.nModes);
   const res = new Float64Array(n);
   if (mode === MODE_ZERO) {
     // all zero
@@ -280,6 +280,17 @@ function getSet(rd, n, grid, mem, rows, base) {
   }
 }
 
+/** A range decoder with the stream syntax of the grid's GOP format (FORMAT.md section 6): model
+ * modes (17 before format 5: no reuse), the med predictor (format 3 on), index modes (3 from 3). */
+function reader(body, what, grid) {
+  const rd = new RangeDecoder(body, what);
+  const fmt = grid.fmt;
+  rd.nModes = fmt >= 5 ? N_MODES : MODE_REUSE;
+  rd.med = fmt >= 3;
+  rd.indexModes = fmt >= 3 ? INDEX_MODES : 2;
+  return rd;
+}
+
 function checkDensity(n, bodyLen, what, label) {
   if (n > MAX_GAUSSIANS) throw new GsvError(`${what}: ${label}=${n} exceeds the limit of ${MAX_GAUSSIANS}`);
   if (n > DENSITY_FREE + DENSITY_PER_BYTE * bodyLen) {
@@ -317,7 +328,7 @@ export function decodeIntra(data, grid) {
     if (body.length) throw new GsvError(`${what}: ${body.length} bytes after an empty frame`);
     return { n, rows };
   }
-  const rd = new RangeDecoder(body, what);
+  const rd = reader(body, what, grid);
   getSet(rd, n, grid, null, rows, 0);
   finish(rd);
   return { n, rows };
@@ -358,11 +369,11 @@ export function decodeInter(data, prev, grid, ctx, mem) {
     return { n, rows, touched, idx: new Float64Array(0) };
   }
   let idx = new Float64Array(0);
-  const rd = new RangeDecoder(body, what);
+  const rd = reader(body, what, grid);
   if (k) {
     const kb = nbits(nPrev);
     const kk = nbits(k);
-    const mode = rd.uniform(INDEX_MODES);
+    const mode = rd.uniform(rd.indexModes);
     if (mode === 2) {
       const mark = new Uint8Array(nPrev);
       let total = 0;
@@ -420,7 +431,7 @@ export function decodeInter(data, prev, grid, ctx, mem) {
     const done = new Map();
     for (const c of [0, 1, ...INTRA_ATTRS]) {
       const kbits = grid.bits[c];
-      const d = getStream(rd, k, kbits, candidates("zz", src, done, c, near3), mem, `d.${c}`);
+      const d = getStream(rd, k, kbits, candidates("zz", src, done, c, rd.med ? near3 : null), mem, `d.${c}`);
       done.set(c, d);
       const size = 2 ** kbits;
       for (let i = 0; i < k; i++) {

@@ -6,11 +6,15 @@ import { GsvError } from "./errors.js";
 import { ModelMemory, decodeInter, decodeIntra, readVarint } from "./entropy.js";
 
 export const GOP_FORMAT_VERSION = 6;
+export const OLDEST_GOP_FORMAT = 1; // every earlier format still decodes (FORMAT.md section 6)
 // format 6 adds the enhancer field after the frame records (FORMAT.md section 2.1); this player
 // reads it and plays the raw Gaussian output (the enhancer is a post-filter it does not run)
-const READABLE_VERSIONS = [5, 6];
 const MAX_ENHANCER_BYTES = 65536;
 export const GRID_BYTES = 60;
+/** Grid bytes in GOP format fmt: 59 (no refinement byte) before format 4. */
+export function gridBytes(fmt) {
+  return fmt >= 4 ? 60 : 59;
+}
 const MAX_SIDE = 65535;
 const MAX_GOP_FRAMES = 10000;
 const MAX_SIDE_PX = 8192; // codec/gop.py: the largest frame side the decoder renders
@@ -22,18 +26,24 @@ export const FRAME_KIND = { I: 0, P: 1, I_NEW_GRID: 2 };
 export const RENDER_CANONICAL = 0x01; // GOP header flag: the canonical render (FORMAT.md section 4)
 const KNOWN_GOP_FLAGS = RENDER_CANONICAL;
 
-/** A 60-byte quantisation grid, validated like QuantGrid.problem(). */
-export function parseGrid(bytes) {
-  if (bytes.length !== GRID_BYTES) throw new GsvError(`quant grid: expected ${GRID_BYTES} bytes, got ${bytes.length}`);
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, GRID_BYTES);
+/** A quantisation grid of GOP format fmt (60 bytes, 59 before format 4), validated like
+ * QuantGrid.problem(). Format 1 grids have uniform Cholesky diagonals. */
+export function parseGrid(bytes, fmt = GOP_FORMAT_VERSION) {
+  const size = gridBytes(fmt);
+  if (bytes.length !== size) throw new GsvError(`quant grid: expected ${size} bytes, got ${bytes.length}`);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, size);
+  const at = size - 56; // the 14 floats follow the bit depths (and the refinement byte)
   const f = [];
-  for (let i = 0; i < 14; i++) f.push(dv.getFloat32(4 + 4 * i, true));
+  for (let i = 0; i < 14; i++) f.push(dv.getFloat32(at + 4 * i, true));
+  const refine = fmt >= 4 ? bytes[3] : 0;
   const g = {
+    fmt,
+    geometric: fmt >= 2,
     xyBits: bytes[0],
     cholBits: bytes[1],
     rgbBits: bytes[2],
-    xr: bytes[3] & 15,
-    ar: bytes[3] >> 4,
+    xr: refine & 15,
+    ar: refine >> 4,
     xyLo: f[0],
     xyStep: f[1],
     cholLo: f.slice(2, 5),
@@ -49,13 +59,14 @@ export function parseGrid(bytes) {
   g.lo = [g.xyLo, g.xyLo, ...g.cholLo, ...g.rgbLo];
   g.step = [g.xyStep, g.xyStep, ...g.cholStep, ...g.rgbStep];
   // geometric levels of the Cholesky diagonals: t[0] = lo, t[q] = t[q-1] * ratio in float64
+  // (format 1: uniform, float32(lo + q * step) like the other channels)
   g.diag = {};
   for (const c of [2, 4]) {
     const n = 2 ** g.cholBits;
     const table = new Float32Array(n);
     let v = g.lo[c];
     for (let q = 0; q < n; q++) {
-      table[q] = v;
+      table[q] = g.geometric ? v : q * g.step[c] + g.lo[c];
       v *= g.step[c];
     }
     g.diag[c] = table;
@@ -85,7 +96,7 @@ function gridProblem(g) {
       if (!(step > 0 && step <= 1e9 / 2 ** bits)) return `${name} step=${step} must be in (0, ${1e9 / 2 ** bits}]`;
     }
   }
-  for (const i of [0, 2]) {
+  for (const i of g.geometric ? [0, 2] : []) {
     if (g.cholLo[i] < MIN_CHOL_DIAG) return `chol_lo[${i}]=${g.cholLo[i]} is below MIN_CHOL_DIAG=${MIN_CHOL_DIAG}`;
     const ratio = g.cholStep[i];
     if (!(ratio > 1 && ratio <= MAX_RATIO)) return `chol_step[${i}]=${ratio} (a level ratio) must be in (1, ${MAX_RATIO}]`;
@@ -104,7 +115,9 @@ export function unpackGop(payload) {
   }
   const version = data[4];
   const flags = data[5];
-  if (!READABLE_VERSIONS.includes(version)) throw new GsvError(`${what}: unsupported version ${version} at byte 4`);
+  if (version < OLDEST_GOP_FORMAT || version > GOP_FORMAT_VERSION) {
+    throw new GsvError(`${what}: unsupported version ${version} at byte 4 (this decoder reads ${OLDEST_GOP_FORMAT} .. ${GOP_FORMAT_VERSION}; a newer player may read it)`);
+  }
   let pos = 6;
   let height;
   let width;
@@ -112,9 +125,10 @@ export function unpackGop(payload) {
   [height, pos] = readVarint(data, pos, what);
   [width, pos] = readVarint(data, pos, what);
   [nFrames, pos] = readVarint(data, pos, what);
-  if (pos + GRID_BYTES > data.length) throw new GsvError(`${what}: truncated quant grid at byte ${pos}`);
-  const grid = parseGrid(data.subarray(pos, pos + GRID_BYTES));
-  pos += GRID_BYTES;
+  const gsize = gridBytes(version);
+  if (pos + gsize > data.length) throw new GsvError(`${what}: truncated quant grid at byte ${pos}`);
+  const grid = parseGrid(data.subarray(pos, pos + gsize), version);
+  pos += gsize;
   for (const [name, value, hi] of [["height", height, MAX_SIDE], ["width", width, MAX_SIDE], ["n_frames", nFrames, MAX_GOP_FRAMES]]) {
     if (value < 1 || value > hi) throw new GsvError(`${what}: ${name}=${value} outside [1, ${hi}]`);
   }
@@ -144,7 +158,7 @@ export function unpackGop(payload) {
     pos += length;
   }
   if (pos !== data.length) throw new GsvError(`${what}: ${data.length - pos} unexpected bytes after the last record at byte ${pos}`);
-  return { height, width, nFrames, flags, grid, records, enhancer };
+  return { version, height, width, nFrames, flags, grid, records, enhancer };
 }
 
 /** float32 Gaussian parameters [n * 8] (x y l11 l21 l22 r g b) of level rows on a grid:
@@ -189,6 +203,7 @@ export class GopDecoder {
       throw new GsvError(`GOP header flags 0x${h.flags.toString(16).padStart(2, "0")} use features this decoder does not know; a newer splatpack wrote this file`);
     }
     this.canonical = (h.flags & RENDER_CANONICAL) !== 0; // which render the GOP's pixels are
+    this.version = h.version;
     this.height = h.height;
     this.width = h.width;
     this.nFrames = h.nFrames;
@@ -209,8 +224,9 @@ export class GopDecoder {
       this.ctx = null;
       this.memory = new ModelMemory();
     } else if (kind === FRAME_KIND.I_NEW_GRID) {
-      this.grid = parseGrid(data.subarray(0, GRID_BYTES));
-      this.state = decodeIntra(data.subarray(GRID_BYTES), this.grid);
+      const size = gridBytes(this.version);
+      this.grid = parseGrid(data.subarray(0, size), this.version);
+      this.state = decodeIntra(data.subarray(size), this.grid);
       this.ctx = null;
       this.memory = new ModelMemory();
     } else {

@@ -4,9 +4,9 @@
 // float32 conic, the 3-sigma pixel box in float64, the truncated kernel exp(-m/2) for m <= 9,
 // float32 sums per pixel, clamp to [0, 1], x255, round half to even. docs/FORMAT.md section 4.
 //
-// Summation order: per pixel, Gaussians in the order of the Python renderer's patch plan (by
-// patch-size bucket, then box corner), so the float32 sums match it operation for operation; the
-// only remaining difference is the last bit of exp (torch's vectorised expf vs Math.exp rounded
+// Summation order (legacy): per pixel, Gaussians in the order of the Python renderer's patch plan
+// (by patch-size bucket, then box corner), so the float32 sums match it operation for operation;
+// the only remaining difference is the last bit of exp (torch's vectorised expf vs Math.exp rounded
 // to float32), which moves an 8-bit value on a rare rounding boundary.
 
 const f = Math.fround;

@@ -1,4 +1,4 @@
-// WebGL2 summation renderer (docs/FORMAT.md section 5): one instanced quad per Gaussian over its
+// WebGL2 summation renderer (docs/FORMAT.md section 4): one instanced quad per Gaussian over its
 // 3-sigma pixel box, the kernel in the fragment shader, additive blending into a float32 target
 // (a plain sum needs no sorting), then a pass that clamps, scales by 255 and rounds to 8 bits.
 // Renders at any canvas size: the frame is sampled at the canvas pixels' centres, so zooming

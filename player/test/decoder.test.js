@@ -13,8 +13,9 @@ import { GopDecoder } from "../src/gop.js";
 import { renderFrame } from "../src/render_cpu.js";
 
 const FIXTURES = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "tests", "player", "fixtures");
-// legacy render (GOP flags 0) and canonical render (RENDER_CANONICAL) fixtures
-const NAMES = ["synthetic", "synthetic_canonical", "encoded", "encoded_canonical"];
+// legacy render (GOP flags 0) and canonical render (RENDER_CANONICAL) fixtures, and one file of
+// every earlier GOP format (gop_v1 .. gop_v5, from tests/fixtures/gsv/)
+const NAMES = ["synthetic", "synthetic_canonical", "encoded", "encoded_canonical", "gop_v1", "gop_v2", "gop_v3", "gop_v4", "gop_v5"];
 
 function load(name) {
   const read = (ext) => new Uint8Array(readFileSync(join(FIXTURES, `${name}${ext}`)));

@@ -38,12 +38,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class Serve:
-    """One ``python -m workers serve`` process with its output collected."""
+    """One ``python -m frontdoor serve`` process with its output collected."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers", "serve"],
+            [sys.executable, "-m", "frontdoor", "serve"],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
@@ -161,7 +161,7 @@ def test_serve_killed_with_sigkill_recovers_on_restart(
         other_dir.mkdir()
         keys_env = {k: v for k, v in env.items() if k != "SPLATPACK_DATA_DIR"}
         made = subprocess.run(
-            [sys.executable, "-m", "workers", "keys", "create", "--tenant", "late"],
+            [sys.executable, "-m", "frontdoor", "keys", "create", "--tenant", "late"],
             cwd=other_dir,
             env={**keys_env, "PYTHONPATH": str(REPO)},
             capture_output=True,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -43,7 +44,7 @@ from codec.bitstream import FrameKind, GopHeader, pack_gop
 from codec.config import CodecConfig
 from codec.container import ContainerReader, ContainerWriter, StreamHeader
 from codec.gop import RENDER_CANONICAL, decode_gop, encode_gop
-from codec.quant import GRID_NBYTES, QGaussians, QuantGrid, dequantize
+from codec.quant import QGaussians, QuantGrid, dequantize, grid_nbytes
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures"
 
@@ -294,18 +295,19 @@ def expected(path: Path) -> tuple[bytes, np.ndarray, dict[str, Any]]:
             head, coded = unpack_gop(payload)
             flags.add(head.flags)
             grid, state, ctx, memory = head.grid, None, None, ent.ModelMemory()
+            fmt, gsize = head.version, grid_nbytes(head.version)
             for kind, data in coded:
                 if kind == FrameKind.I:
-                    state, ctx, memory = ent.decode_intra(data, grid), None, ent.ModelMemory()
+                    state, ctx, memory = ent.decode_intra(data, grid, fmt), None, ent.ModelMemory()
                     kinds.add("I" if len(state) else "I-empty")
                 elif kind == FrameKind.I_NEW_GRID:
-                    grid = QuantGrid.from_bytes(data[:GRID_NBYTES])
-                    state, ctx = ent.decode_intra(data[GRID_NBYTES:], grid), None
+                    grid = QuantGrid.from_bytes(data[:gsize], fmt)
+                    state, ctx = ent.decode_intra(data[gsize:], grid, fmt), None
                     memory = ent.ModelMemory()
                     kinds.add("I-new-grid")
                 else:
                     assert state is not None
-                    nxt = ent.decode_inter(data, state, grid, ctx, memory)
+                    nxt = ent.decode_inter(data, state, grid, ctx, memory, fmt)
                     ctx = _touched(state, nxt)
                     kinds.add("P-skip" if len(data) == 2 and data == b"\0\0" else "P")
                     state = nxt
@@ -338,6 +340,11 @@ FIXTURES: dict[str, Callable[[Path], None] | None] = {
     "synthetic_canonical": _synthetic_canonical,
     "encoded": None,
     "encoded_canonical": _encoded,
+    # every earlier GOP format (copies of tests/fixtures/gsv/gop_v*.gsv, legacy render)
+    **{f"gop_v{v}": None for v in range(1, 6)},
+}
+FROZEN_SOURCES = {
+    f"gop_v{v}": FIXTURE_DIR.parents[1] / "fixtures/gsv" / f"gop_v{v}.gsv" for v in range(1, 6)
 }
 
 
@@ -347,6 +354,8 @@ def write_all(out: Path = FIXTURE_DIR) -> None:
         gsv = out / f"{name}.gsv"
         if make is not None:
             make(gsv)
+        elif not gsv.exists() and name in FROZEN_SOURCES:
+            shutil.copyfile(FROZEN_SOURCES[name], gsv)
         elif not gsv.exists():
             raise FileNotFoundError(f"{gsv}: a frozen fixture cannot be re-made")
         params, frames, facts = expected(gsv)

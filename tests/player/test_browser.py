@@ -47,7 +47,7 @@ class _Serve:
         # public_base_url is left at its default (another port): the player must still find the
         # job's video on the server that served it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "frontdoor", "serve", "--port", str(self.port)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
