@@ -69,6 +69,8 @@ class EncodeSummary:
     p_frame_iters_mean: float | None = None
     workers: int = 1  # processes that encoded GOPs (1: in this process)
     threads: int = 1  # torch intra-op threads per GOP encode
+    # the enhancer (config.enhance): record bytes per GOP (0: none), all counted in n_bytes
+    enhancer_bytes_per_gop: list[int] = field(default_factory=list)
 
     @property
     def encode_fps(self) -> float:
@@ -122,10 +124,10 @@ def _init_worker(threads: int) -> None:
 
 def _encode_gop_task(
     frames: np.ndarray, config: CodecConfig, roi_mask: np.ndarray | None, device: str
-) -> tuple[bytes, list[dict[str, object]]]:
-    """What a worker process runs for one GOP: (payload, per-frame stats)."""
+) -> tuple[bytes, list[dict[str, object]], int]:
+    """What a worker process runs for one GOP: (payload, per-frame stats, enhancer bytes)."""
     result = encode_gop_report(frames, config, roi_mask=roi_mask, device=device)
-    return result.payload, result.stats_dicts()
+    return result.payload, result.stats_dicts(), result.enhancer_bytes
 
 
 def encode_video(
@@ -182,6 +184,7 @@ def encode_video(
         file_mask = load_roi_mask(Path(roi), info.height, info.width).numpy()
     frames_done = 0
     stats: list[dict[str, object]] = []
+    enhancer_bytes: list[int] = []
     start = time.perf_counter()
     target = out_path if hasattr(out_path, "write") else Path(out_path)  # type: ignore[arg-type]
     end = None if max_frames is None else start_frame + max_frames
@@ -203,9 +206,11 @@ def encode_video(
         n: int,
         payload: bytes,
         gop_stats: list[dict[str, object]],
+        gop_enhancer_bytes: int,
     ) -> None:
         nonlocal frames_done
         writer.add_gop(gop_index, first, n, payload)
+        enhancer_bytes.append(gop_enhancer_bytes)
         for s in gop_stats:
             s["index"] = first + int(s["index"])  # type: ignore[call-overload]
             s["gop"] = gop_index
@@ -228,7 +233,15 @@ def encode_video(
                     result = encode_gop_report(
                         frames, fit_config, roi_mask=gop_mask, progress=on_frame, device=device
                     )
-                    add(writer, gop_index, first, len(frames), result.payload, result.stats_dicts())
+                    add(
+                        writer,
+                        gop_index,
+                        first,
+                        len(frames),
+                        result.payload,
+                        result.stats_dicts(),
+                        result.enhancer_bytes,
+                    )
             finally:
                 torch.set_num_threads(saved_threads)
         else:
@@ -266,10 +279,11 @@ def encode_video(
         p_frame_iters_mean=mean_of("iters", "P"),
         workers=workers,
         threads=threads,
+        enhancer_bytes_per_gop=enhancer_bytes,
     )
 
 
-AddFn = Callable[[ContainerWriter, int, int, int, bytes, list[dict[str, object]]], None]
+AddFn = Callable[[ContainerWriter, int, int, int, bytes, list[dict[str, object]], int], None]
 
 
 def _encode_parallel(
@@ -286,7 +300,7 @@ def _encode_parallel(
     """Encode ``gops`` in ``workers`` spawned processes, at most 2 per worker in flight, adding
     each to ``writer`` as it completes (the container accepts GOPs in any order)."""
     context = multiprocessing.get_context("spawn")
-    pending: dict[Future[tuple[bytes, list[dict[str, object]]]], tuple[int, int, int]] = {}
+    pending: dict[Future[tuple[bytes, list[dict[str, object]], int]], tuple[int, int, int]] = {}
     done_frames = 0
 
     def collect(block_until_below: int) -> None:
@@ -294,8 +308,8 @@ def _encode_parallel(
         while len(pending) > block_until_below:
             future = next(iter(pending))  # oldest first: the file and progress grow in order
             gop_index, first, n = pending.pop(future)
-            payload, gop_stats = future.result()
-            add(writer, gop_index, first, n, payload, gop_stats)
+            payload, gop_stats, gop_enhancer_bytes = future.result()
+            add(writer, gop_index, first, n, payload, gop_stats, gop_enhancer_bytes)
             done_frames += n
             if progress:
                 progress(done_frames, total)
@@ -327,10 +341,12 @@ def iter_decoded(
     salvage: bool = False,
     damage: list[Damage] | None = None,
     reader: ContainerReader | None = None,
+    enhance: bool = True,
 ) -> Iterator[np.ndarray]:
     """Decoded frames (uint8 [H, W, 3]) ``start_frame .. start_frame + n_frames - 1`` (to the end
     when ``n_frames`` is None), one at a time: the GOP index finds the first GOP, and only the
-    frames asked for are kept in memory.
+    frames asked for are kept in memory. ``enhance=False`` skips GOPs' enhancer records (the raw
+    Gaussian output, ``decode --no-enhance``).
 
     Without ``salvage`` the first damaged GOP raises BitstreamError. With it, a damaged GOP is
     skipped (its frames are not yielded) and recorded in ``damage``, as are GOPs lost from a
@@ -356,7 +372,9 @@ def iter_decoded(
         done = lo  # frames of this GOP handed out so far (from lo)
         try:
             payload = reader.read_gop(pos)
-            frames = iter_gop_frames(payload, limits, (entry.n_frames, h.width, h.height))
+            frames = iter_gop_frames(
+                payload, limits, (entry.n_frames, h.width, h.height), enhance=enhance
+            )
             for t, frame in enumerate(frames):
                 if t >= hi:
                     break
@@ -380,8 +398,10 @@ def decode_video(
     salvage: bool = False,
     damage: list[Damage] | None = None,
     reader: ContainerReader | None = None,
+    enhance: bool = True,
 ) -> int:
     """Decode a ``.gsv`` file to ``.mp4``, ``.y4m`` or a directory of PNGs; returns frames written.
+    ``enhance=False`` writes the raw Gaussian output (GOPs' enhancer records are skipped).
 
     The output appears complete or not at all (written under a temporary name, fsynced, renamed);
     a decode error leaves nothing behind. With ``salvage`` the intact GOPs are written and the
@@ -397,7 +417,7 @@ def decode_video(
         with VideoWriter(tmp, h.width, h.height, Fraction(h.fps_num, h.fps_den)) as writer:
             for frame in iter_decoded(
                 gsv_path, start_frame, n_frames, limits=limits, salvage=salvage,
-                damage=damage, reader=reader,
+                damage=damage, reader=reader, enhance=enhance,
             ):  # fmt: skip
                 writer.write(frame)
                 written += 1
@@ -465,3 +485,11 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def enhancer_bytes_per_gop(gsv_path: str | Path) -> list[int]:
+    """Bytes of each GOP's enhancer record (0: none, or a GOP of a format before 6), for ``info``."""
+    from codec.bitstream import unpack_gop_enhanced
+
+    reader = ContainerReader(Path(gsv_path))
+    return [len(unpack_gop_enhanced(reader.read_gop(e.index))[2]) for e in reader.gops]

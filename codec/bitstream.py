@@ -3,7 +3,7 @@
 Layout (all integers little-endian; ``varint`` is canonical unsigned LEB128, at most 5 bytes):
 
     magic   4 bytes  b"SPGP"
-    version u8       GOP_FORMAT_VERSION (5)
+    version u8       GOP_FORMAT_VERSION (6; 1 .. 5 are still read: they have no enhancer field)
     flags   u8       free for the GOP coder (codec/gop.py); carried unchanged
     height  varint   1 .. 65535
     width   varint   1 .. 65535
@@ -13,8 +13,11 @@ Layout (all integers little-endian; ``varint`` is canonical unsigned LEB128, at 
         kind   u8     0 = I, 1 = P (the first must be I)
         length varint bytes of data, at most what is left of the payload
         data   length bytes (codec.entropy intra / inter record)
+    (version 6 only) enhancer:
+        length varint 0 (no enhancer record) .. MAX_ENHANCER_BYTES
+        data   length bytes (codec.enhance.record)
 
-Nothing may follow the last frame. See docs/FORMAT.md.
+Nothing may follow the last frame (versions 1 .. 5) or the enhancer field (6). See docs/FORMAT.md.
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ if TYPE_CHECKING:  # codec.quant (and torch) load only when a payload is parsed,
     from codec.quant import QuantGrid  # reader can refuse a hostile file before loading torch
 
 GOP_MAGIC = b"SPGP"
-GOP_FORMAT_VERSION = 5  # 2: geometric Cholesky diagonal levels; 3: median-of-3 motion predictor;
-# 4: refinement byte in the quantisation grid (finer P-frame levels); 5: P-frame model reuse
+GOP_FORMAT_VERSION = 6  # 2: geometric Cholesky diagonal levels; 3: median-of-3 motion predictor;
+# 4: refinement byte in the quantisation grid (finer P-frame levels); 5: P-frame model reuse;
+# 6: enhancer field after the frame records
 OLDEST_GOP_FORMAT = 1  # every format since the first still decodes (tests/fixtures/gsv/)
+ENHANCER_MIN_VERSION = 6  # formats before it have no enhancer field (decode as "no record")
+MAX_ENHANCER_BYTES = 65_536
 MAX_SIDE = 65535
 MAX_GOP_FRAMES = 10_000
 MIN_FRAME_RECORD_BYTES = 3  # kind, a one-byte length, and at least one byte of data
@@ -197,8 +203,11 @@ def read_varint(data: bytes | memoryview, pos: int, what: str) -> tuple[int, int
     raise BitstreamError(f"{what}: varint longer than 5 bytes at byte {pos}")
 
 
-def pack_gop(header: GopHeader, frames: list[tuple[FrameKind, bytes]]) -> bytes:
-    """The GOP payload; raises ValueError on a bad header or frame list."""
+def pack_gop(
+    header: GopHeader, frames: list[tuple[FrameKind, bytes]], enhancer: bytes = b""
+) -> bytes:
+    """The GOP payload; ``enhancer`` is the enhancer record (empty: none). Raises ValueError on a
+    bad header, frame list or enhancer record."""
     problem = header.problem()
     if problem:
         raise ValueError(f"pack_gop: {problem}")
@@ -216,11 +225,27 @@ def pack_gop(header: GopHeader, frames: list[tuple[FrameKind, bytes]]) -> bytes:
         out.append(int(FrameKind(kind)))
         out += write_varint(len(data))
         out += data
+    if header.version >= ENHANCER_MIN_VERSION:
+        if len(enhancer) > MAX_ENHANCER_BYTES:
+            raise ValueError(f"pack_gop: enhancer record of {len(enhancer)} bytes is too long")
+        out += write_varint(len(enhancer)) + enhancer
+    elif enhancer:
+        raise ValueError(f"pack_gop: GOP format {header.version} has no enhancer field")
     return bytes(out)
 
 
 def unpack_gop(payload: bytes) -> tuple[GopHeader, list[tuple[FrameKind, bytes]]]:
-    """Inverse of :func:`pack_gop`; anything malformed raises BitstreamError."""
+    """Header and frame records of a payload (see :func:`unpack_gop_enhanced` for the enhancer
+    record too); anything malformed raises BitstreamError."""
+    header, frames, _ = unpack_gop_enhanced(payload)
+    return header, frames
+
+
+def unpack_gop_enhanced(
+    payload: bytes,
+) -> tuple[GopHeader, list[tuple[FrameKind, bytes]], bytes]:
+    """Inverse of :func:`pack_gop`: (header, frame records, enhancer record, b"" when none or in
+    format 5); anything malformed raises BitstreamError."""
     what = "GOP payload"
     data = bytes(payload)
     if len(data) < 6:
@@ -264,8 +289,20 @@ def unpack_gop(payload: bytes) -> tuple[GopHeader, list[tuple[FrameKind, bytes]]
             )
         frames.append((FrameKind(kind_byte), data[pos : pos + length]))
         pos += length
+    enhancer = b""
+    if version >= ENHANCER_MIN_VERSION:
+        if pos >= len(data):
+            raise BitstreamError(f"{what}: enhancer field missing at byte {pos}")
+        length, pos = read_varint(data, pos, what)
+        if length > MAX_ENHANCER_BYTES or length > len(data) - pos:
+            raise BitstreamError(
+                f"{what}: enhancer record claims {length} bytes at byte {pos}, "
+                f"{len(data) - pos} left (at most {MAX_ENHANCER_BYTES})"
+            )
+        enhancer = data[pos : pos + length]
+        pos += length
     if pos != len(data):
         raise BitstreamError(
-            f"{what}: {len(data) - pos} unexpected bytes after the last frame at byte {pos}"
+            f"{what}: {len(data) - pos} unexpected bytes after the last record at byte {pos}"
         )
-    return header, frames
+    return header, frames, enhancer

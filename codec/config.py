@@ -22,6 +22,8 @@ LrSchedule = Literal["plateau", "cosine"]
 QuantMode = Literal["ptq", "qat"]
 PresetName = Literal["ultrafast", "fast", "slow"]
 PRESETS: tuple[str, ...] = ("ultrafast", "fast", "slow")  # the speed ladder, fastest first
+EnhanceMode = Literal["off", "base", "on"]
+ENHANCE_MODES = ("off", "base", "on")
 
 QUALITY_MIN, QUALITY_MAX = 1, 10
 
@@ -205,10 +207,18 @@ class CodecConfig:
     # render backend for fitting ("auto": the fused C++ "cpu" kernel on the CPU when it builds,
     # else "patch"); reconstruction always uses the decoder's (canonical) renderer
     backend: str = "auto"
+    # post-decoding enhancer (codec/enhance): "off"; "base" (the network at a per-GOP strength);
+    # "on" (strength plus the per-GOP modulation where it pays). A post-filter: the Gaussians and
+    # the closed loop are the same either way. ``preset(..., enhance="on")`` turns it on.
+    enhance: EnhanceMode = "off"
 
     def __post_init__(self) -> None:
         _check_range("gop", self.gop, 1, 10_000)
         _check_range("seed", self.seed, 0, 2**31 - 1)
+        if self.enhance not in ENHANCE_MODES:
+            raise CodecConfigError(
+                f"enhance={self.enhance!r} is unknown; use one of {', '.join(ENHANCE_MODES)}"
+            )
 
     @staticmethod
     def preset(name: PresetName = "fast", quality: int = 5, **overrides: Any) -> CodecConfig:

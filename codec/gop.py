@@ -27,8 +27,10 @@ from codec.bitstream import (
     GopHeader,
     pack_gop,
     unpack_gop,
+    unpack_gop_enhanced,
 )
 from codec.config import CodecConfig
+from codec.enhance import enhance_gop, frame_enhancer
 from codec.entropy import (
     ModelMemory,
     canonical_order,
@@ -90,8 +92,18 @@ class FrameStats:
 @dataclass
 class GopEncodeResult:
     payload: bytes
-    recon: np.ndarray  # uint8 [T, H, W, 3], identical to decode_gop(payload)
+    recon: np.ndarray  # uint8 [T, H, W, 3], identical to decode_gop(payload, enhance=False)
     frames: list[FrameStats] = field(default_factory=list)
+    # the enhancer (config.enhance, a post-filter): uint8 [T, H, W, 3] as decode_gop(payload)
+    # outputs it when the GOP carries an enhancer record, else None; the record's size and kind
+    enhanced: np.ndarray | None = None
+    enhancer_bytes: int = 0
+    enhance_kind: str = "none"  # "none", "base" or "modulated"
+    enhance_seconds: float = 0.0
+
+    def output(self) -> np.ndarray:
+        """What decode_gop(payload) returns: the enhanced frames when there are, else recon."""
+        return self.recon if self.enhanced is None else self.enhanced
 
     def stats_dicts(self) -> list[dict[str, object]]:
         return [asdict(f) for f in self.frames]
@@ -407,8 +419,19 @@ def encode_gop_report(
         if progress:
             progress(t + 1, t_count)
 
-    payload = pack_gop(GopHeader(h, w, t_count, header_grid, flags=RENDER_CANONICAL), coded)
-    return GopEncodeResult(payload=payload, recon=recon, frames=stats)
+    # the enhancer: a post-filter on the finished closed-loop reconstruction
+    enh = enhance_gop(frames, recon, config)
+    header = GopHeader(h, w, t_count, header_grid, flags=RENDER_CANONICAL)
+    payload = pack_gop(header, coded, enh.record)
+    return GopEncodeResult(
+        payload=payload,
+        recon=recon,
+        frames=stats,
+        enhanced=enh.enhanced if enh.record else None,
+        enhancer_bytes=len(enh.record),
+        enhance_kind=enh.kind,
+        enhance_seconds=enh.seconds,
+    )
 
 
 def encode_gop(
@@ -429,14 +452,19 @@ def iter_gop_frames(
     payload: bytes,
     limits: DecodeLimits = DEFAULT_LIMITS,
     expect: tuple[int, int, int] | None = None,
+    *,
+    enhance: bool = True,
 ) -> Iterator[np.ndarray]:
     """Decode a GOP payload frame by frame (uint8 [H, W, 3] each, a new array per frame).
 
     ``limits`` bounds the work the payload may ask for (:class:`codec.bitstream.DecodeLimits`),
     checked before any frame is rendered; ``expect`` (n_frames, width, height), what the
     container says, must match the GOP header. Any malformed or over-limit payload raises
-    BitstreamError. An unchanged P-frame repeats the previous picture without rendering."""
-    header, coded = unpack_gop(payload)
+    BitstreamError. An unchanged P-frame repeats the previous picture without rendering.
+    With ``enhance`` (the default) a GOP that carries an enhancer record yields enhanced frames
+    (a post-filter: the Gaussians are decoded the same); ``enhance=False`` gives the raw output."""
+    header, coded, enhancer = unpack_gop_enhanced(payload)
+    post = frame_enhancer(enhancer) if enhance and enhancer else None
     h, w, t_count = header.height, header.width, header.n_frames
     what = "GOP"
     if expect is not None and expect != (t_count, w, h):
@@ -478,20 +506,25 @@ def iter_gop_frames(
         elif data == EMPTY_UPDATE and picture is not None:
             # nothing changes: the same state renders to the same picture; no row was touched
             ctx = np.zeros(len(state), dtype=bool)
-            yield picture.copy()
+            yield picture.copy()  # (the shown picture: enhanced when the GOP has a record)
             continue
         else:
             new_state = decode_inter(data, state, grid, ctx, models, fmt)
             ctx = _touched(state, new_state)
             state = new_state
         limits.check_gaussians(w, h, len(state), what)
-        picture = render(dequantize(state, grid))
+        raw = render(dequantize(state, grid))
+        picture = raw if post is None else post(raw)
         yield picture
 
 
-def decode_gop(payload: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+def decode_gop(
+    payload: bytes, limits: DecodeLimits = DEFAULT_LIMITS, *, enhance: bool = True
+) -> np.ndarray:
     """Decode a GOP payload to uint8 [T, H, W, 3]; any malformed payload raises BitstreamError.
-    Holds the whole GOP: :func:`iter_gop_frames` streams it."""
+    Holds the whole GOP: :func:`iter_gop_frames` streams it. With ``enhance`` (the default) a GOP
+    that carries an enhancer record is enhanced; ``enhance=False`` gives the raw Gaussian output
+    (what the closed loop predicted from)."""
     header, _ = unpack_gop(payload)
     t_count, h, w = header.n_frames, header.height, header.width
     limits.check_gop(w, h, t_count, len(payload), "GOP")
@@ -500,6 +533,6 @@ def decode_gop(payload: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndar
             f"GOP would decode to {t_count * h * w * 3} bytes, over the {MAX_DECODE_BYTES} limit"
         )
     out = np.empty((t_count, h, w, 3), dtype=np.uint8)
-    for t, frame in enumerate(iter_gop_frames(payload, limits)):
+    for t, frame in enumerate(iter_gop_frames(payload, limits, enhance=enhance)):
         out[t] = frame
     return out

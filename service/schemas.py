@@ -112,7 +112,10 @@ class JobOptions(_Strict):
     enhance: bool = Field(
         default=False,
         strict=True,
-        description="run the enhancer (accepted now, used when it exists)",
+        description=(
+            "run the enhancer after decoding (codec/enhance: per-GOP strength and modulation, "
+            "kept where they pay); report.json gives quality with and without it"
+        ),
     )
     priority: int = Field(default=0, ge=-50, le=50, strict=True, description="higher runs first")
     max_frames: int | None = Field(

@@ -123,6 +123,13 @@ class VerifyReport:
     ms_ssim_used_ssim_fallback: bool  # frames too small for 5 scales use single-scale SSIM
     decode_seconds: float
     per_gop: list[dict[str, float]] = field(default_factory=list)  # index, psnr_db, ms_ssim
+    dss: float | None = None  # piq DSS / HaarPSI of the delivered output (None: frames too small)
+    haarpsi: float | None = None
+    # the enhancer (codec/enhance): record bytes over all GOPs, GOPs that carry one, and the
+    # quality of the raw Gaussian output (decode_gop(..., enhance=False)) beside the delivered one
+    enhancer_bytes: int = 0
+    gops_enhanced: int = 0
+    plain: dict[str, float | None] = field(default_factory=dict)
 
 
 def _finite_psnr(value: float) -> float:
@@ -150,9 +157,11 @@ class VerifyStage:
             return self._verify(reader, source_path, preview_path)
 
     def _verify(self, reader: Any, source_path: Path, preview_path: Path | None) -> VerifyReport:
+        from codec.bitstream import unpack_gop_enhanced
+        from codec.enhance import EnhancerWeightsError, apply_enhancer
         from codec.errors import BitstreamError, VideoInputError
         from codec.gop import decode_gop
-        from codec.metrics import clip_metrics
+        from codec.metrics import clip_metrics, perceptual_metrics
         from codec.video import VideoWriter, iter_gops
 
         header = reader.header
@@ -172,6 +181,9 @@ class VerifyStage:
         fallback = False
         per_gop: list[dict[str, float]] = []
         decode_seconds = 0.0
+        quality = _QualitySums()
+        plain_quality = _QualitySums()
+        enhancer_bytes = gops_enhanced = 0
         source: Iterator[tuple[int, np.ndarray]] = iter_gops(
             source_path, self.gop, max_frames=self.expected_frames
         )
@@ -179,12 +191,17 @@ class VerifyStage:
             for entry in reader.gops:
                 start = time.perf_counter()
                 try:
-                    recon = decode_gop(reader.read_gop(entry.index))
-                except BitstreamError as exc:
+                    payload = reader.read_gop(entry.index)
+                    record = unpack_gop_enhanced(payload)[2]
+                    plain = decode_gop(payload, enhance=False)
+                    recon = apply_enhancer(record, plain) if record else plain
+                except (BitstreamError, EnhancerWeightsError) as exc:
                     raise JobError(
                         "verify_failed", f"GOP {entry.index} does not decode: {exc}"
                     ) from exc
                 decode_seconds += time.perf_counter() - start
+                enhancer_bytes += len(record)
+                gops_enhanced += bool(record)
                 expected_shape = (entry.n_frames, header.height, header.width, 3)
                 if tuple(recon.shape) != expected_shape:
                     raise JobError(
@@ -207,6 +224,12 @@ class VerifyStage:
                         f"({orig.shape[0]})",
                     )
                 metrics = clip_metrics(orig, recon)  # per-frame PSNR, MS-SSIM in batches
+                quality.add(orig, recon, metrics, perceptual_metrics(orig, recon))
+                if record:
+                    plain_metrics = clip_metrics(orig, plain)
+                    plain_quality.add(orig, plain, plain_metrics, perceptual_metrics(orig, plain))
+                else:
+                    plain_quality.add(orig, plain, metrics, quality.last_perceptual)
                 gop_psnr = [_finite_psnr(v) for v in metrics["psnr_db_per_frame"]]
                 gop_ssim = [float(v) for v in metrics["ms_ssim_per_frame"]]
                 fallback = fallback or bool(metrics["ms_ssim_is_ssim"])
@@ -235,7 +258,44 @@ class VerifyStage:
             ms_ssim_used_ssim_fallback=fallback,
             decode_seconds=decode_seconds,
             per_gop=per_gop,
+            dss=quality.mean("dss"),
+            haarpsi=quality.mean("haarpsi"),
+            enhancer_bytes=enhancer_bytes,
+            gops_enhanced=gops_enhanced,
+            plain={k: plain_quality.mean(k) for k in ("psnr_db", "ms_ssim", "dss", "haarpsi")},
         )
+
+
+class _QualitySums:
+    """Frame-weighted sums of per-GOP quality figures (a metric that is None anywhere stays None)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float | None] = {}
+        self.frames = 0
+        self.last_perceptual: dict[str, float | None] = {}
+
+    def add(
+        self,
+        orig: np.ndarray,
+        out: np.ndarray,
+        metrics: dict[str, Any],
+        perceptual: dict[str, float | None],
+    ) -> None:
+        n = int(orig.shape[0])
+        self.last_perceptual = perceptual
+        values: dict[str, float | None] = {
+            "psnr_db": float(np.mean([_finite_psnr(v) for v in metrics["psnr_db_per_frame"]])),
+            "ms_ssim": float(np.mean(metrics["ms_ssim_per_frame"])),
+            **perceptual,
+        }
+        for key, value in values.items():
+            prev = self.sums.get(key, 0.0)
+            self.sums[key] = None if value is None or prev is None else prev + value * n
+        self.frames += n
+
+    def mean(self, key: str) -> float | None:
+        total = self.sums.get(key)
+        return None if total is None or not self.frames else total / self.frames
 
 
 def build_manifest(
@@ -310,6 +370,15 @@ def speed_report(gops: Sequence[GopRecord]) -> dict[str, Any]:
     return out
 
 
+def config_enhance(config: dict[str, Any]) -> str:
+    """The enhancer mode a (compact or full) codec config dict asks for."""
+    overrides = config.get("overrides", {})
+    value = config.get(
+        "enhance", overrides.get("enhance", "off") if isinstance(overrides, dict) else "off"
+    )
+    return str(value)
+
+
 def build_report(
     *,
     job_id: str,
@@ -342,6 +411,23 @@ def build_report(
         # what ``ms_ssim`` holds, by its honest name: "SSIM" when the frames were too small for
         # the 5-scale metric and single-scale SSIM was computed instead
         "ssim_metric": ssim_label(verify.ms_ssim_used_ssim_fallback),
+        "dss": verify.dss,
+        "haarpsi": verify.haarpsi,
+        # the delivered output above is enhanced where a GOP carries an enhancer record;
+        # "plain" is the raw Gaussian output of the same file (decode --no-enhance)
+        "enhance": {
+            "requested": config_enhance(config),
+            "gops_enhanced": verify.gops_enhanced,
+            "enhancer_bytes": verify.enhancer_bytes,
+            "enhancer_share_of_bytes": verify.enhancer_bytes / gsv_bytes if gsv_bytes else 0.0,
+            "plain": dict(verify.plain),
+            "enhanced": {
+                "psnr_db": verify.psnr_db,
+                "ms_ssim": verify.ms_ssim,
+                "dss": verify.dss,
+                "haarpsi": verify.haarpsi,
+            },
+        },
         "encode_psnr_db": float(np.mean(encode_psnrs)) if encode_psnrs else None,
         "gop_encode_seconds_total": float(sum(g.encode_seconds or 0.0 for g in gops)),
         "decode_seconds": verify.decode_seconds,

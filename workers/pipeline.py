@@ -119,8 +119,10 @@ def codec_config_dict(job: JobSpec, settings: Settings) -> dict[str, Any]:
     from codec.errors import CodecConfigError
 
     try:
+        # "enhance": true runs the enhancer ("on": per-GOP strength and modulation where they pay)
+        enhance = {"enhance": "on"} if job.enhance else {}
         cfg = CodecConfig.preset(job.preset, job.quality).with_overrides(  # type: ignore[arg-type]
-            gop=job.gop, **settings.codec_overrides
+            gop=job.gop, **{**enhance, **settings.codec_overrides}
         )
     except CodecConfigError as exc:
         raise JobError("invalid_config", f"{exc}; fix the job's preset/quality/gop") from exc

@@ -5,8 +5,11 @@
 import { GsvError } from "./errors.js";
 import { ModelMemory, decodeInter, decodeIntra, readVarint } from "./entropy.js";
 
-export const GOP_FORMAT_VERSION = 5;
+export const GOP_FORMAT_VERSION = 6;
 export const OLDEST_GOP_FORMAT = 1; // every earlier format still decodes (FORMAT.md section 6)
+// format 6 adds the enhancer field after the frame records (FORMAT.md section 2.1); this player
+// reads it and plays the raw Gaussian output (the enhancer is a post-filter it does not run)
+const MAX_ENHANCER_BYTES = 65536;
 export const GRID_BYTES = 60;
 /** Grid bytes in GOP format fmt: 59 (no refinement byte) before format 4. */
 export function gridBytes(fmt) {
@@ -143,8 +146,19 @@ export function unpackGop(payload) {
     records.push({ kind, data: data.subarray(pos, pos + length) });
     pos += length;
   }
-  if (pos !== data.length) throw new GsvError(`${what}: ${data.length - pos} unexpected bytes after the last frame at byte ${pos}`);
-  return { version, height, width, nFrames, flags, grid, records };
+  let enhancer = data.subarray(pos, pos);
+  if (version >= 6) {
+    if (pos >= data.length) throw new GsvError(`${what}: enhancer field missing at byte ${pos}`);
+    let length;
+    [length, pos] = readVarint(data, pos, what);
+    if (length > MAX_ENHANCER_BYTES || length > data.length - pos) {
+      throw new GsvError(`${what}: enhancer record claims ${length} bytes at byte ${pos}, ${data.length - pos} left`);
+    }
+    enhancer = data.subarray(pos, pos + length);
+    pos += length;
+  }
+  if (pos !== data.length) throw new GsvError(`${what}: ${data.length - pos} unexpected bytes after the last record at byte ${pos}`);
+  return { version, height, width, nFrames, flags, grid, records, enhancer };
 }
 
 /** float32 Gaussian parameters [n * 8] (x y l11 l21 l22 r g b) of level rows on a grid:

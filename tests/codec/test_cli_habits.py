@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from codec.api import iter_decoded
+from codec.bitstream import GOP_FORMAT_VERSION
 from codec.cli import main
 from codec.container import ContainerReader, ContainerWriter
 from codec.video import iter_frames
@@ -54,7 +55,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit) as exit_info:
             entry(["--version"])
         assert exit_info.value.code == 0
-        assert "GOP format 5" in capsys.readouterr().out
+        assert f"GOP format {GOP_FORMAT_VERSION}" in capsys.readouterr().out
 
 
 def test_global_options_before_or_after_the_subcommand(capsys: pytest.CaptureFixture[str]) -> None:

@@ -79,10 +79,11 @@ def test_unpack_gop_rejects_malformed_payloads() -> None:
     with pytest.raises(BitstreamError, match="unexpected bytes"):
         unpack_gop(good + b"\x00")
     p_first = bytearray(good)
-    p_first[-7] = FrameKind.P  # the first record's kind byte (records: 01 02 'ab' | 01 01 'c')
+    # the first record's kind byte (records: 00 02 'ab' | 01 01 'c' | enhancer field 00)
+    p_first[-8] = FrameKind.P
     with pytest.raises(BitstreamError, match="I-frame"):
         unpack_gop(bytes(p_first))
-    huge = good[:-7] + bytes([0]) + write_varint(2**34) + b"ab"
+    huge = good[:-8] + bytes([0]) + write_varint(2**34) + b"ab"
     with pytest.raises(BitstreamError, match="claims"):
         unpack_gop(huge)
     for cut in range(len(good)):

@@ -1,0 +1,63 @@
+"""The enhancer: content-adaptive one-step restoration after decoding (seeds 000 and 001).
+
+``codec/gop.py`` calls :func:`enhance_gop` at the end of encoding (a post-filter on the finished
+closed-loop reconstruction) and :func:`apply_enhancer` at the end of decoding. See README.md
+beside this file for the network, the training command and the weights' hash.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+
+from codec.config import CodecConfig
+from codec.enhance.adapt import EnhanceChoice, apply_record, choose_enhancement, run_network
+from codec.enhance.model import N_MOD
+from codec.enhance.record import decode_record
+from codec.enhance.weights import EnhancerWeightsError, load_enhancer, model_tag
+
+__all__ = [
+    "EnhanceChoice",
+    "EnhancerWeightsError",
+    "apply_enhancer",
+    "enhance_gop",
+    "frame_enhancer",
+    "load_enhancer",
+]
+
+_NO_RECORD_KIND = "none"
+
+
+def enhance_gop(source: np.ndarray, recon: np.ndarray, config: CodecConfig) -> EnhanceChoice:
+    """The GOP encoder's hook: the enhancer record for ``recon`` (uint8 [T, H, W, 3], the closed-loop
+    reconstruction of ``source``) under ``config`` (a CodecConfig: its ``enhance`` mode, its seed and
+    the P-frames' ``fit.pframe_rd_lambda``). With ``enhance="off"`` no record (and no work)."""
+    if config.enhance == "off":
+        return EnhanceChoice(b"", recon, _NO_RECORD_KIND, 0.0, 0.0, 0.0, 0.0)
+    lam = config.fit.pframe_rd_lambda
+    return choose_enhancement(source, recon, config.enhance, lam, seed=config.seed)
+
+
+def apply_enhancer(record: bytes, recon: np.ndarray) -> np.ndarray:
+    """The GOP decoder's hook: ``recon`` (uint8 [T, H, W, 3]) enhanced as ``record`` says."""
+    return apply_record(record, recon)
+
+
+def frame_enhancer(record: bytes) -> Callable[[np.ndarray], np.ndarray]:
+    """The streaming decoder's hook: parse ``record`` and load the weights once, then enhance
+    frame by frame (uint8 [H, W, 3] -> uint8 [H, W, 3]), exactly as :func:`apply_enhancer` does
+    for a whole GOP. Raises BitstreamError on a malformed record, EnhancerWeightsError on
+    missing weights; a record made with other weights gives the identity, with a warning."""
+    rec = decode_record(record, N_MOD)
+    net, sha = load_enhancer()
+    if rec.model_tag != model_tag(sha):
+        warnings.warn(
+            f"this GOP's enhancer record was made with other enhancer weights (tag "
+            f"{rec.model_tag:04x}, these are {model_tag(sha):04x}); showing the frames un-enhanced",
+            stacklevel=2,
+        )
+        return lambda frame: frame
+    t, m = rec.t, rec.modulation()
+    return lambda frame: run_network(net, frame[None], t, m)[0]
