@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="upload a video and create a job")
     p.add_argument("input", help="video file to transcode")
     p.add_argument("--wait", action="store_true", help="follow progress and download outputs")
-    p.add_argument("--preset", choices=("fast", "slow"), default="fast")
+    p.add_argument("--preset", choices=("ultrafast", "fast", "slow"), default="fast")
     p.add_argument("--quality", type=int, default=5, help="1 (smallest) .. 10 (best)")
     p.add_argument("--gop", type=int, default=30, help="frames per GOP")
     p.add_argument("--frames", type=int, default=None, help="encode only the first N frames")

@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=20, help="encode the first N frames")
     parser.add_argument("--gop", type=int, default=10)
     parser.add_argument("--quality", type=int, default=5)
-    parser.add_argument("--preset", choices=("fast", "slow"), default="fast")
+    parser.add_argument("--preset", choices=("ultrafast", "fast", "slow"), default="fast")
     parser.add_argument("--data-dir", type=Path, default=REPO / "var" / "demo")
     parser.add_argument("--port", type=int, default=8000, help="API port (a free one if taken)")
     args = parser.parse_args(argv)

@@ -12,7 +12,7 @@ from pydantic_core import PydanticCustomError
 from infra.models import TERMINAL_STATUSES, Batch, Job, JobPhase, JobStatus, Schedule
 from service.validation import INT32_MAX, JsonTextError, check_json_tree
 
-Preset = Literal["fast", "slow"]
+Preset = Literal["ultrafast", "fast", "slow"]
 
 
 class _Strict(BaseModel):

@@ -16,6 +16,7 @@ BENCHMARKS.md ("Fused CPU renderer").
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import platform
@@ -90,14 +91,21 @@ def load(verbose: bool = False) -> ModuleType | None:
 
             where = build_dir()
             where.mkdir(parents=True, exist_ok=True)
-            _module = cpp_load(
-                name="splat_cpu",
-                sources=[str(SOURCE)],
-                extra_cflags=_CFLAGS + _isa_flags(),
-                extra_ldflags=_LDFLAGS,
-                build_directory=str(where),
-                verbose=verbose,
-            )
+            # torch's own build lock is a plain file that a killed build leaves behind, after
+            # which every later process waits on it forever. Builds are serialised by an flock
+            # instead (the kernel drops it when its holder dies); whoever holds it may remove
+            # torch's lock file, since no other splatpack process can be building there.
+            with open(where / "splatpack.flock", "w") as guard:
+                fcntl.flock(guard, fcntl.LOCK_EX)
+                (where / "lock").unlink(missing_ok=True)
+                _module = cpp_load(
+                    name="splat_cpu",
+                    sources=[str(SOURCE)],
+                    extra_cflags=_CFLAGS + _isa_flags(),
+                    extra_ldflags=_LDFLAGS,
+                    build_directory=str(where),
+                    verbose=verbose,
+                )
         except Exception as exc:  # no compiler, no ninja, a read-only cache: fall back
             _error = f"{type(exc).__name__}: {exc}".strip()[:2000]
             _module = None

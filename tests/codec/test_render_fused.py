@@ -244,3 +244,15 @@ def test_cpp_pixel_boxes_equal_the_torch_ones(
         drawable_boxes(ext, g, height, width), pixel_boxes(g, height, width), strict=True
     ):
         assert torch.equal(a, b)
+
+
+def test_a_stale_torch_build_lock_does_not_hang_the_next_process() -> None:
+    """A build killed midway leaves torch's ``lock`` file; the next process must not wait on it."""
+    import subprocess
+    import sys
+
+    lock = cpu_ext.build_dir() / "lock"
+    lock.touch()
+    code = "from codec.render import cpu_ext; assert cpu_ext.load() is not None"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=240)
+    assert not lock.exists()
