@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render_speed import make_gaussians  # noqa: E402
+from render_speed import make_gaussians, timed  # noqa: E402
 
 from codec.render import cpu_ext  # noqa: E402
 from codec.render.canonical import _drawable  # noqa: E402
@@ -82,20 +80,6 @@ def numba_kernel() -> Callable[..., np.ndarray]:
     return render  # type: ignore[no-any-return]
 
 
-def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
-    fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append((time.perf_counter() - t0) * 1e3)
-        cpu.append((time.process_time() - c0) * 1e3)
-    return {
-        "wall_ms": round(statistics.median(wall), 2),
-        "cpu_ms": round(statistics.median(cpu), 2),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -134,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         r = rows[-1]
         print(
-            f"{width}x{height} n={n} {threads} thread(s): C++ {r['cpp']['cpu_ms']} ms CPU "
-            f"({r['cpp']['wall_ms']} wall), numba {r['numba']['cpu_ms']} ms CPU "
-            f"({r['numba']['wall_ms']} wall)"
+            f"{width}x{height} n={n} {threads} thread(s): C++ {r['cpp']['cpu_median_ms']} ms CPU "
+            f"({r['cpp']['median_ms']} wall), numba {r['numba']['cpu_median_ms']} ms CPU "
+            f"({r['numba']['median_ms']} wall)"
         )
     print(f"max |numba - C++| = {diff:.2e} (numba's 2**n and loop order may differ by an ulp)")
     report = {

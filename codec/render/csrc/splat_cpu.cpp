@@ -202,22 +202,34 @@ void check_inputs(const at::Tensor& xy, const at::Tensor& abc, const at::Tensor&
   TORCH_CHECK(box.dim() == 2 && box.size(0) == m && box.size(1) == 4, "box must be [M, 4]");
 }
 
+// Checked, contiguous inputs of a forward render and their tile lists.
+struct Prepared {
+  at::Tensor xy, abc, rgb, box;
+  Bins bins;
+  Params params() const {
+    return {xy.data_ptr<float>(), abc.data_ptr<float>(), rgb.data_ptr<float>(),
+            box.data_ptr<int64_t>()};
+  }
+};
+
+Prepared prepare(const at::Tensor& xy, const at::Tensor& abc, const at::Tensor& rgb,
+                 const at::Tensor& box, int64_t height, int64_t width) {
+  check_inputs(xy, abc, rgb, box);
+  TORCH_CHECK(height > 0 && width > 0, "frame size must be positive");
+  Prepared in{xy.contiguous(), abc.contiguous(), rgb.contiguous(), box.contiguous(), {}};
+  in.bins = bin_tiles(in.box.data_ptr<int64_t>(), in.xy.size(0), height, width);
+  return in;
+}
+
 // Image float32 [H, W, 3]; with keep_bins also the tile lists (start int32 [T+1], ids int32 [P])
 // for the backward.
 std::vector<at::Tensor> render_forward(at::Tensor xy, at::Tensor abc, at::Tensor rgb,
                                        at::Tensor box, int64_t height, int64_t width,
                                        bool keep_bins) {
-  check_inputs(xy, abc, rgb, box);
-  TORCH_CHECK(height > 0 && width > 0, "frame size must be positive");
-  xy = xy.contiguous();
-  abc = abc.contiguous();
-  rgb = rgb.contiguous();
-  box = box.contiguous();
-  Bins b = bin_tiles(box.data_ptr<int64_t>(), xy.size(0), height, width);
-  at::Tensor out = at::empty({height, width, 3}, xy.options());
-  Params p{xy.data_ptr<float>(), abc.data_ptr<float>(), rgb.data_ptr<float>(),
-           box.data_ptr<int64_t>()};
-  forward_tiles(p, b, height, width, out.data_ptr<float>());
+  const Prepared in = prepare(xy, abc, rgb, box, height, width);
+  const Bins& b = in.bins;
+  at::Tensor out = at::empty({height, width, 3}, in.xy.options());
+  forward_tiles(in.params(), b, height, width, out.data_ptr<float>());
   if (!keep_bins) return {out};
   auto i32 = at::TensorOptions().dtype(at::kInt);
   at::Tensor start = at::empty({static_cast<int64_t>(b.start.size())}, i32);
@@ -290,17 +302,9 @@ std::vector<at::Tensor> pixel_boxes(at::Tensor xy, at::Tensor chol, int64_t heig
 // The canonical render as uint8 [H, W, 3] (the decoder's output), without a float image.
 at::Tensor render_forward_u8(at::Tensor xy, at::Tensor abc, at::Tensor rgb, at::Tensor box,
                              int64_t height, int64_t width) {
-  check_inputs(xy, abc, rgb, box);
-  TORCH_CHECK(height > 0 && width > 0, "frame size must be positive");
-  xy = xy.contiguous();
-  abc = abc.contiguous();
-  rgb = rgb.contiguous();
-  box = box.contiguous();
-  Bins b = bin_tiles(box.data_ptr<int64_t>(), xy.size(0), height, width);
+  const Prepared in = prepare(xy, abc, rgb, box, height, width);
   at::Tensor out = at::empty({height, width, 3}, at::TensorOptions().dtype(at::kByte));
-  Params p{xy.data_ptr<float>(), abc.data_ptr<float>(), rgb.data_ptr<float>(),
-           box.data_ptr<int64_t>()};
-  forward_tiles(p, b, height, width, out.data_ptr<uint8_t>());
+  forward_tiles(in.params(), in.bins, height, width, out.data_ptr<uint8_t>());
   return out;
 }
 
