@@ -49,6 +49,22 @@ def upload(key: str, tenant_id: IdOf, storage: LocalStorage) -> str:
     return put_upload(storage, tenant_id("acme"))
 
 
+@pytest.fixture
+def app_without_public_url(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    storage: LocalStorage,
+    clock: FakeClock,
+) -> FastAPI:
+    """The app with no configured public URL: links come from the request's own base URL."""
+    return create_app(
+        settings.model_copy(update={"public_base_url": ""}),
+        session_factory=session_factory,
+        storage=storage,
+        clock=clock,
+    )
+
+
 def post_raw(client: TestClient, path: str, key: str, raw: str) -> httpx.Response:
     return client.post(
         path, content=raw.encode(), headers={**bearer(key), "Content-Type": "application/json"}
@@ -189,19 +205,13 @@ def _succeed(session_factory: sessionmaker[Session], job_id: str, storage: Local
 
 
 def test_output_links_use_the_requests_base_url(
-    settings: Settings,
+    app_without_public_url: FastAPI,
     session_factory: sessionmaker[Session],
     storage: LocalStorage,
-    clock: FakeClock,
     key: str,
     upload: str,
 ) -> None:
-    app = create_app(
-        settings.model_copy(update={"public_base_url": ""}),
-        session_factory=session_factory,
-        storage=storage,
-        clock=clock,
-    )
+    app = app_without_public_url
     with TestClient(app, base_url="http://127.0.0.1:8765") as client:
         job = submit(client, key, input=upload)
         _succeed(session_factory, job["id"], storage)
@@ -361,19 +371,13 @@ def live_server(app: FastAPI) -> Iterator[str]:
 
 
 def test_live_server_errors_close_cleanly_and_links_name_its_port(
-    settings: Settings,
+    app_without_public_url: FastAPI,
     session_factory: sessionmaker[Session],
     storage: LocalStorage,
-    clock: FakeClock,
     key: str,
     upload: str,
 ) -> None:
-    app = create_app(
-        settings.model_copy(update={"public_base_url": ""}),
-        session_factory=session_factory,
-        storage=storage,
-        clock=clock,
-    )
+    app = app_without_public_url
 
     @app.get("/test-only/boom")
     def boom() -> None:
