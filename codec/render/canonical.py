@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from codec.gaussians import Gaussians, conic
+from codec.render import cpu_ext
 from codec.render.base import TILE
 from codec.render.torch_tiles import _check_size, _tile_pairs, pixel_boxes
 
@@ -132,8 +133,6 @@ def _drawable(
 
 def render_canonical(g: Gaussians, height: int, width: int) -> Tensor:
     """Canonical render, float32 [H, W, 3] on the CPU: the C++ kernel when built, else PyTorch."""
-    from codec.render import cpu_ext
-
     ext = cpu_ext.load()
     if ext is None:
         return render_canonical_torch(g, height, width)
@@ -144,8 +143,6 @@ def render_canonical(g: Gaussians, height: int, width: int) -> Tensor:
 
 def render_canonical_u8(g: Gaussians, height: int, width: int) -> np.ndarray:
     """The decoder's output, uint8 [H, W, 3]: ``to_u8(render_canonical(g))`` in one pass."""
-    from codec.render import cpu_ext
-
     ext = cpu_ext.load()
     if ext is None:
         return to_u8(render_canonical_torch(g, height, width))
