@@ -412,6 +412,101 @@ std::vector<at::Tensor> render_backward(at::Tensor xy, at::Tensor abc, at::Tenso
   return {grads.slice(1, 0, 2), grads.slice(1, 2, 5), grads.slice(1, 5, 8)};
 }
 
+// The fit loop's per-iteration statistics of a rendering img against target (float32 [H, W, 3],
+// C-contiguous) in one pass, so the loop needs no per-pixel PyTorch operations:
+//   out[0] = sum (img - target)^2                          (the squared error, float64 sums)
+//   out[1] = sum (round(clamp(img, 0, 1) * 255) - target * 255)^2     (8-bit error, for PSNR)
+//   out[2] = number of pixels where `changed` (bool [H, W]; empty = nowhere) is set and the
+//            5x5 mean (window clipped at the borders, as avg_pool2d with count_include_pad=False)
+//            of max-over-RGB |target - img| exceeds `threshold` (codec.fit.unresolved_mask)
+// With want_grad also grad = 2 (img - target) / (3 H W), the gradient of the mean squared
+// error. Row sums are added in row order: the result does not depend on the thread count.
+std::vector<at::Tensor> residual_stats(at::Tensor img, at::Tensor target, at::Tensor changed,
+                                       double threshold, bool want_grad) {
+  TORCH_CHECK(img.device().is_cpu() && img.scalar_type() == at::kFloat &&
+                  target.scalar_type() == at::kFloat,
+              "residual_stats needs float32 CPU images");
+  TORCH_CHECK(img.dim() == 3 && img.size(2) == 3 && target.sizes() == img.sizes(),
+              "residual_stats needs img and target of one shape [H, W, 3]");
+  img = img.contiguous();
+  target = target.contiguous();
+  const int64_t h = img.size(0), w = img.size(1);
+  const bool masked = changed.numel() > 0;
+  if (masked) {
+    TORCH_CHECK(changed.scalar_type() == at::kBool && changed.dim() == 2 && changed.size(0) == h &&
+                    changed.size(1) == w,
+                "residual_stats needs changed as bool [H, W] (or empty)");
+    changed = changed.contiguous();
+  }
+  const float* pi = img.data_ptr<float>();
+  const float* pt = target.data_ptr<float>();
+  at::Tensor grad;
+  float* pg = nullptr;
+  if (want_grad) {
+    grad = at::empty_like(img);
+    pg = grad.data_ptr<float>();
+  }
+  const float scale = 2.0f / static_cast<float>(3 * h * w);
+  std::vector<double> row_sse(h), row_sse8(h);
+  std::vector<float> dmax(masked ? h * w : 0);
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+  for (int64_t y = 0; y < h; ++y) {
+    double sse = 0.0, sse8 = 0.0;
+    for (int64_t x = 0; x < w; ++x) {
+      float m = 0.0f;
+      for (int ch = 0; ch < 3; ++ch) {
+        const int64_t k = (y * w + x) * 3 + ch;
+        const float e = pi[k] - pt[k];
+        sse += static_cast<double>(e) * e;
+        const float a = std::nearbyint(std::min(std::max(pi[k], 0.0f), 1.0f) * 255.0f);
+        const float e8 = a - pt[k] * 255.0f;
+        sse8 += static_cast<double>(e8) * e8;
+        m = std::max(m, std::fabs(e));
+        if (pg) pg[k] = e * scale;
+      }
+      if (masked) dmax[y * w + x] = m;
+    }
+    row_sse[y] = sse;
+    row_sse8[y] = sse8;
+  }
+  double sse = 0.0, sse8 = 0.0;
+  for (int64_t y = 0; y < h; ++y) {
+    sse += row_sse[y];
+    sse8 += row_sse8[y];
+  }
+  int64_t unresolved = 0;
+  if (masked) {
+    const bool* pc = changed.data_ptr<bool>();
+    std::vector<float> col(h * w);  // vertical 5-sums
+    for (int64_t y = 0; y < h; ++y) {
+      const int64_t y0 = std::max<int64_t>(0, y - 2), y1 = std::min<int64_t>(h - 1, y + 2);
+      for (int64_t x = 0; x < w; ++x) {
+        float s = 0.0f;
+        for (int64_t yy = y0; yy <= y1; ++yy) s += dmax[yy * w + x];
+        col[y * w + x] = s;
+      }
+    }
+    for (int64_t y = 0; y < h; ++y) {
+      const int64_t ny = std::min<int64_t>(h - 1, y + 2) - std::max<int64_t>(0, y - 2) + 1;
+      for (int64_t x = 0; x < w; ++x) {
+        if (!pc[y * w + x]) continue;
+        const int64_t x0 = std::max<int64_t>(0, x - 2), x1 = std::min<int64_t>(w - 1, x + 2);
+        float s = 0.0f;
+        for (int64_t xx = x0; xx <= x1; ++xx) s += col[y * w + xx];
+        const float mean = s / static_cast<float>(ny * (x1 - x0 + 1));
+        unresolved += mean > static_cast<float>(threshold);
+      }
+    }
+  }
+  at::Tensor out = at::empty({3}, at::TensorOptions().dtype(at::kDouble));
+  double* po = out.data_ptr<double>();
+  po[0] = sse;
+  po[1] = sse8;
+  po[2] = static_cast<double>(unresolved);
+  if (want_grad) return {out, grad};
+  return {out};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -419,4 +514,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pixel_boxes", &pixel_boxes, "drawable Gaussians and their pixel boxes (CPU)");
   m.def("render_forward_u8", &render_forward_u8, "fused tile render to uint8 (CPU)");
   m.def("render_backward", &render_backward, "fused tile render backward (CPU)");
+  m.def("residual_stats", &residual_stats, "fit-loop error statistics and MSE gradient (CPU)");
 }
