@@ -121,14 +121,23 @@ inline void column_terms(Cols& q, int64_t tx, float cx, float a, float b2, int64
   }
 }
 
-// Weights of one pixel row (16 lanes): det_exp(h) where h >= -4.5 and the lane is in the box.
-inline void row_weights(const Cols& q, float dy, float t3, float* w) {
-  for (int j = 0; j < TILE; ++j) {
+// Weights of one half row (8 lanes from lane j0): det_exp(h) where h >= -4.5 and the lane is in
+// the box. A pair computes only the halves its box reaches; the lanes it skips would all have
+// weight exactly 0, so the result is the same bits as computing all 16.
+constexpr int HALF = TILE / 2;
+inline void half_weights(const Cols& q, int j0, float dy, float t3, float* w) {
+  for (int j = j0; j < j0 + HALF; ++j) {
     float h = q.adx2[j] + q.b2dx[j] * dy;
     h = h + t3;
     const float e = det_exp(h) * q.in[j];  // exact: in is 0 or 1
     w[j] = h >= CUTOFF ? e : 0.0f;
   }
+}
+
+// The first and last half (0 or 1) of tile column tx that the columns [x0, x1] reach.
+inline void halves(int64_t tx, int64_t x0, int64_t x1, int& h0, int& h1) {
+  h0 = static_cast<int>((x0 - tx * TILE) / HALF);
+  h1 = static_cast<int>((x1 - tx * TILE) / HALF);
 }
 
 // 8-bit output as codec.gop.to_u8 computes it: round-half-even(clamp(v, 0, 1) * 255).
@@ -156,17 +165,31 @@ void forward_tiles(const Params& p, const Bins& b, int64_t height, int64_t width
                   c = -0.5f * p.abc[3 * i + 2];
       const float cr = p.rgb[3 * i], cg = p.rgb[3 * i + 1], cb = p.rgb[3 * i + 2];
       column_terms(q, tx, cx, a, b2, x0, x1);
+      int h0, h1;
+      halves(tx, x0, x1, h0, h1);
       for (int64_t py = y0; py <= y1; ++py) {
         const float dy = (static_cast<float>(py) + 0.5f) - cy;
-        row_weights(q, dy, (c * dy) * dy, w);
+        const float t3 = (c * dy) * dy;
         const int64_t base = (py - ty * TILE) * TILE;
         float* ar = acc[0] + base;
         float* ag = acc[1] + base;
         float* ab = acc[2] + base;
-        for (int j = 0; j < TILE; ++j) {
-          ar[j] = ar[j] + w[j] * cr;
-          ag[j] = ag[j] + w[j] * cg;
-          ab[j] = ab[j] + w[j] * cb;
+        if (h0 != h1) {  // both halves: one 16-lane pass (vectorises best)
+          half_weights(q, 0, dy, t3, w);
+          half_weights(q, HALF, dy, t3, w);
+          for (int j = 0; j < TILE; ++j) {
+            ar[j] = ar[j] + w[j] * cr;
+            ag[j] = ag[j] + w[j] * cg;
+            ab[j] = ab[j] + w[j] * cb;
+          }
+        } else {
+          const int j0 = h0 * HALF;
+          half_weights(q, j0, dy, t3, w);
+          for (int j = j0; j < j0 + HALF; ++j) {
+            ar[j] = ar[j] + w[j] * cr;
+            ag[j] = ag[j] + w[j] * cg;
+            ab[j] = ab[j] + w[j] * cb;
+          }
         }
       }
     }
@@ -337,6 +360,19 @@ std::vector<at::Tensor> render_backward(at::Tensor xy, at::Tensor abc, at::Tenso
 #pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
   for (int64_t t = 0; t < n_tiles; ++t) {
     const int64_t tx = t % tiles_x, ty = t / tiles_x;
+    if (st[t] == st[t + 1]) continue;
+    // the tile's gradient image, de-interleaved once into 16-lane rows per channel (0 outside)
+    alignas(32) float gt[3][TPIX];
+    {
+      const int64_t ye = std::min<int64_t>(TILE, height - ty * TILE);
+      const int64_t xe = std::min<int64_t>(TILE, width - tx * TILE);
+      std::memset(gt, 0, sizeof gt);
+      for (int64_t yy = 0; yy < ye; ++yy) {
+        const float* grow = gi + ((ty * TILE + yy) * width + tx * TILE) * 3;
+        for (int64_t xx = 0; xx < xe; ++xx)
+          for (int ch = 0; ch < 3; ++ch) gt[ch][yy * TILE + xx] = grow[3 * xx + ch];
+      }
+    }
     for (int32_t k = st[t]; k < st[t + 1]; ++k) {
       const int64_t i = id[k];
       int64_t x0, x1, y0, y1;
@@ -351,30 +387,30 @@ std::vector<at::Tensor> render_backward(at::Tensor xy, at::Tensor abc, at::Tenso
       alignas(32) float w[TILE];
       alignas(32) float l_dx[TILE] = {}, l_dy[TILE] = {}, l_dx2[TILE] = {}, l_dxdy[TILE] = {},
                         l_dy2[TILE] = {}, l_r[TILE] = {}, l_g[TILE] = {}, l_b[TILE] = {};
-      // the gradient image of this tile row, de-interleaved into 16 lanes per channel
-      alignas(32) float g0[TILE], g1[TILE], g2[TILE];
+      int h0, h1;
+      halves(tx, x0, x1, h0, h1);
       for (int64_t py = y0; py <= y1; ++py) {
         const float dy = (static_cast<float>(py) + 0.5f) - cy;
-        row_weights(q, dy, (c * dy) * dy, w);
-        const float* grow = gi + (py * width + tx * TILE) * 3;
-        const int64_t xe = std::min<int64_t>(TILE, width - tx * TILE);
-        for (int j = 0; j < TILE; ++j) {
-          const bool ok = j < xe;
-          g0[j] = ok ? grow[3 * j] : 0.0f;
-          g1[j] = ok ? grow[3 * j + 1] : 0.0f;
-          g2[j] = ok ? grow[3 * j + 2] : 0.0f;
-        }
-        for (int j = 0; j < TILE; ++j) {
-          l_r[j] += w[j] * g0[j];
-          l_g[j] += w[j] * g1[j];
-          l_b[j] += w[j] * g2[j];
-          const float g = w[j] * (g0[j] * cr + g1[j] * cg + g2[j] * cb);  // dL/dh
-          const float dx = q.dx[j];
-          l_dx[j] += g * dx;
-          l_dy[j] += g * dy;
-          l_dx2[j] += g * dx * dx;
-          l_dxdy[j] += g * dx * dy;
-          l_dy2[j] += g * dy * dy;
+        const float t3 = (c * dy) * dy;
+        const int64_t base = (py - ty * TILE) * TILE;
+        const float* g0 = gt[0] + base;
+        const float* g1 = gt[1] + base;
+        const float* g2 = gt[2] + base;
+        for (int hh = h0; hh <= h1; ++hh) {
+          const int j0 = hh * HALF;
+          half_weights(q, j0, dy, t3, w);
+          for (int j = j0; j < j0 + HALF; ++j) {
+            l_r[j] += w[j] * g0[j];
+            l_g[j] += w[j] * g1[j];
+            l_b[j] += w[j] * g2[j];
+            const float g = w[j] * (g0[j] * cr + g1[j] * cg + g2[j] * cb);  // dL/dh
+            const float dx = q.dx[j];
+            l_dx[j] += g * dx;
+            l_dy[j] += g * dy;
+            l_dx2[j] += g * dx * dx;
+            l_dxdy[j] += g * dx * dy;
+            l_dy2[j] += g * dy * dy;
+          }
         }
       }
       float s_g_dx = 0, s_g_dy = 0, s_g_dx2 = 0, s_g_dxdy = 0, s_g_dy2 = 0;
