@@ -11,17 +11,14 @@
 - bpp: bytes * 8 / (width * height * frames).
 - BD-rate: Bjontegaard delta rate, cubic fit of log-rate against PSNR, integrated
   over the PSNR interval both curves cover; never extrapolated.
-- Perceptual (:func:`perceptual_metrics`): DSS and HaarPSI from ``piq`` on RGB in
-  [0, 1] (higher is better, 1 = identical), means over frames; both need no
-  downloaded weights.
+- Perceptual (:func:`perceptual_metrics`): DSS and HaarPSI (``codec.perceptual``,
+  written from their papers; they agree with ``piq`` 0.8.0) on RGB in [0, 1]
+  (higher is better, 1 = identical), means over frames; both need no weights.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-import types
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +30,7 @@ from pytorch_msssim import ms_ssim as _ms_ssim
 from pytorch_msssim import ssim as _ssim
 
 from codec.errors import CodecConfigError
+from codec.perceptual import dss, haarpsi
 
 PERCEPTUAL_MIN_SIDE = 32  # smaller frames get None for DSS and HaarPSI
 
@@ -187,41 +185,19 @@ def bd_rate(
     return float((math.exp(mean_diff) - 1.0) * 100.0)
 
 
-def _piq_functions() -> tuple[Any, Any]:
-    """(piq.dss, piq.haarpsi), imported without ``piq/__init__.py``.
-
-    piq's package import pulls in its learned metrics (LPIPS, DISTS, FID, ...) and with them
-    torchvision, whose operators do not load beside the CPU build of torch this project pins
-    (``torchvision::nms does not exist``). DSS and HaarPSI need only torch, so their modules are
-    imported under a bare ``piq`` package object that has piq's own search path; a process that
-    already imported the real piq uses it.
-    """
-    if "piq" not in sys.modules:
-        spec = importlib.util.find_spec("piq")
-        if spec is None or not spec.submodule_search_locations:
-            raise CodecConfigError("perceptual metrics need the 'piq' package (pip install piq)")
-        pkg = types.ModuleType("piq")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        sys.modules["piq"] = pkg
-    import piq.dss
-    import piq.haarpsi
-
-    return piq.dss.dss, piq.haarpsi.haarpsi
-
-
 def perceptual_metrics(orig: np.ndarray, recon: np.ndarray) -> dict[str, float | None]:
-    """Mean DSS and HaarPSI (piq; 1 = identical) of uint8 clips ``[T, H, W, 3]`` (or one frame
-    ``[H, W, 3]``), 4 decimals; None for frames whose shorter side is below PERCEPTUAL_MIN_SIDE."""
+    """Mean DSS and HaarPSI (codec.perceptual; 1 = identical) of uint8 clips ``[T, H, W, 3]``
+    (or one frame ``[H, W, 3]``), 4 decimals; None for frames whose shorter side is below
+    PERCEPTUAL_MIN_SIDE."""
     _check_pair(orig, recon, "perceptual_metrics")
     a = orig[None] if orig.ndim == 3 else orig
     b = recon[None] if recon.ndim == 3 else recon
     if min(a.shape[1:3]) < PERCEPTUAL_MIN_SIDE:
         return {"dss": None, "haarpsi": None}
-    dss, haarpsi = _piq_functions()
     vals: dict[str, list[float]] = {"dss": [], "haarpsi": []}
     with torch.no_grad():
         for s in range(0, a.shape[0], _MS_SSIM_BATCH):
             x, y = _to_nchw01(b[s : s + _MS_SSIM_BATCH]), _to_nchw01(a[s : s + _MS_SSIM_BATCH])
-            vals["dss"] += dss(x, y, data_range=1.0, reduction="none").tolist()
-            vals["haarpsi"] += haarpsi(x, y, data_range=1.0, reduction="none").tolist()
+            vals["dss"] += dss(x, y).tolist()
+            vals["haarpsi"] += haarpsi(x, y).tolist()
     return {k: round(float(np.mean(v)), 4) for k, v in vals.items()}

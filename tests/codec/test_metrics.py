@@ -15,6 +15,7 @@ from codec.metrics import (
     bits_per_pixel,
     clip_metrics,
     ms_ssim,
+    perceptual_metrics,
     psnr_db,
 )
 
@@ -139,3 +140,18 @@ def test_bd_rate_needs_four_points_and_positive_rates() -> None:
         bd_rate([0.0, *RATES_A[1:]], PSNR_A, RATES_A, PSNR_A)
     with pytest.raises(CodecConfigError, match="equally long"):
         bd_rate(RATES_A, PSNR_A[:4], RATES_A, PSNR_A)
+
+
+def test_perceptual_metrics_means_over_frames_and_none_when_small() -> None:
+    rng = np.random.default_rng(5)
+    orig = rng.integers(40, 200, (3, 40, 48, 3), dtype=np.uint8)
+    same = perceptual_metrics(orig, orig.copy())
+    assert same == {"dss": 1.0, "haarpsi": 1.0}
+    light = np.clip(orig.astype(int) + rng.integers(-6, 7, orig.shape), 0, 255).astype(np.uint8)
+    heavy = np.clip(orig.astype(int) + rng.integers(-60, 61, orig.shape), 0, 255).astype(np.uint8)
+    m_light, m_heavy = perceptual_metrics(orig, light), perceptual_metrics(orig, heavy)
+    assert 0 < m_heavy["dss"] < m_light["dss"] < 1  # type: ignore[operator]
+    assert 0 < m_heavy["haarpsi"] < m_light["haarpsi"] < 1  # type: ignore[operator]
+    one = perceptual_metrics(orig[1], heavy[1])  # one frame [H, W, 3]
+    assert one["dss"] is not None and 0 < one["dss"] < 1
+    assert perceptual_metrics(orig[:, :31], heavy[:, :31]) == {"dss": None, "haarpsi": None}
