@@ -185,6 +185,18 @@ def bd_rate(
     return float((math.exp(mean_diff) - 1.0) * 100.0)
 
 
+def _perceptual_per_frame(orig: np.ndarray, recon: np.ndarray) -> dict[str, list[float]]:
+    """Per-frame DSS and HaarPSI of uint8 clips ``[T, H, W, 3]`` (sides >= PERCEPTUAL_MIN_SIDE)."""
+    vals: dict[str, list[float]] = {"dss": [], "haarpsi": []}
+    with torch.no_grad():
+        for s in range(0, orig.shape[0], _MS_SSIM_BATCH):
+            x = _to_nchw01(recon[s : s + _MS_SSIM_BATCH])
+            y = _to_nchw01(orig[s : s + _MS_SSIM_BATCH])
+            vals["dss"] += dss(x, y).tolist()
+            vals["haarpsi"] += haarpsi(x, y).tolist()
+    return vals
+
+
 def perceptual_metrics(orig: np.ndarray, recon: np.ndarray) -> dict[str, float | None]:
     """Mean DSS and HaarPSI (codec.perceptual; 1 = identical) of uint8 clips ``[T, H, W, 3]``
     (or one frame ``[H, W, 3]``), 4 decimals; None for frames whose shorter side is below
@@ -194,10 +206,49 @@ def perceptual_metrics(orig: np.ndarray, recon: np.ndarray) -> dict[str, float |
     b = recon[None] if recon.ndim == 3 else recon
     if min(a.shape[1:3]) < PERCEPTUAL_MIN_SIDE:
         return {"dss": None, "haarpsi": None}
-    vals: dict[str, list[float]] = {"dss": [], "haarpsi": []}
-    with torch.no_grad():
-        for s in range(0, a.shape[0], _MS_SSIM_BATCH):
-            x, y = _to_nchw01(b[s : s + _MS_SSIM_BATCH]), _to_nchw01(a[s : s + _MS_SSIM_BATCH])
-            vals["dss"] += dss(x, y).tolist()
-            vals["haarpsi"] += haarpsi(x, y).tolist()
+    vals = _perceptual_per_frame(a, b)
     return {k: round(float(np.mean(v)), 4) for k, v in vals.items()}
+
+
+class QualityMeter:
+    """Quality of a clip measured chunk by chunk (a GOP at a time, so a long clip is never held
+    whole): frame-weighted means of PSNR, MS-SSIM (SSIM on small frames) and, where frames are
+    large enough, DSS and HaarPSI."""
+
+    def __init__(self) -> None:
+        self._per_frame: dict[str, list[float]] = {"psnr_db": [], "ms_ssim": []}
+        self._perceptual: dict[str, list[float]] | None = {"dss": [], "haarpsi": []}
+        self._ssim_fallback = False
+
+    def add(self, orig: np.ndarray, recon: np.ndarray) -> None:
+        """Add the frames of one chunk: uint8 ``[T, H, W, 3]`` source and reconstruction."""
+        m = clip_metrics(orig, recon)
+        self._per_frame["psnr_db"] += m["psnr_db_per_frame"]
+        self._per_frame["ms_ssim"] += m["ms_ssim_per_frame"]
+        self._ssim_fallback = self._ssim_fallback or m["ms_ssim_is_ssim"]
+        if self._perceptual is None or min(orig.shape[1:3]) < PERCEPTUAL_MIN_SIDE:
+            self._perceptual = None
+        else:
+            for k, v in _perceptual_per_frame(orig, recon).items():
+                self._perceptual[k] += v
+
+    @property
+    def n_frames(self) -> int:
+        return len(self._per_frame["psnr_db"])
+
+    def summary(self) -> dict[str, Any]:
+        """``psnr_db`` (2 decimals), ``ms_ssim`` and ``ssim_label`` ("MS-SSIM", or "SSIM" when
+        the frames were too small), ``dss`` and ``haarpsi`` (4 decimals; None for small frames),
+        ``n_frames``."""
+        if not self.n_frames:
+            raise CodecConfigError("QualityMeter.summary: no frames were added")
+        out: dict[str, Any] = {
+            "psnr_db": round(float(np.mean(self._per_frame["psnr_db"])), 2),
+            "ms_ssim": round(float(np.mean(self._per_frame["ms_ssim"])), 4),
+            "ssim_label": ssim_label(self._ssim_fallback),
+        }
+        for k in ("dss", "haarpsi"):
+            vals = None if self._perceptual is None else self._perceptual[k]
+            out[k] = round(float(np.mean(vals)), 4) if vals else None
+        out["n_frames"] = self.n_frames
+        return out

@@ -11,6 +11,7 @@ from codec.errors import CodecConfigError
 from codec.metrics import (
     MS_SSIM_MIN_SIDE,
     PSNR_CAP_DB,
+    QualityMeter,
     bd_rate,
     bits_per_pixel,
     clip_metrics,
@@ -155,3 +156,22 @@ def test_perceptual_metrics_means_over_frames_and_none_when_small() -> None:
     one = perceptual_metrics(orig[1], heavy[1])  # one frame [H, W, 3]
     assert one["dss"] is not None and 0 < one["dss"] < 1
     assert perceptual_metrics(orig[:, :31], heavy[:, :31]) == {"dss": None, "haarpsi": None}
+
+
+def test_quality_meter_chunks_give_the_whole_clip_means() -> None:
+    rng = np.random.default_rng(6)
+    orig = rng.integers(40, 200, (5, 36, 40, 3), dtype=np.uint8)
+    recon = np.clip(orig.astype(int) + rng.integers(-20, 21, orig.shape), 0, 255).astype(np.uint8)
+    meter = QualityMeter()
+    meter.add(orig[:2], recon[:2])
+    meter.add(orig[2:], recon[2:])
+    whole, perceptual = clip_metrics(orig, recon), perceptual_metrics(orig, recon)
+    s = meter.summary()
+    assert s["n_frames"] == 5 and s["ssim_label"] == "SSIM"
+    assert s["psnr_db"] == whole["psnr_db"] and s["ms_ssim"] == whole["ms_ssim"]
+    assert s["dss"] == perceptual["dss"] and s["haarpsi"] == perceptual["haarpsi"]
+    small = QualityMeter()
+    small.add(orig[:, :20], recon[:, :20])
+    assert small.summary()["dss"] is None and small.summary()["haarpsi"] is None
+    with pytest.raises(CodecConfigError, match="no frames"):
+        QualityMeter().summary()
