@@ -211,10 +211,17 @@ class JobHandle:
                 set_={**values, "attempts": JobGop.attempts + 1},
             )
             s.execute(stmt)
-            done = s.scalar(
-                select(func.count()).select_from(JobGop).where(JobGop.job_id == self.job_id)
+            done, frames = s.execute(
+                select(func.count(), func.coalesce(func.sum(JobGop.n_frames), 0)).where(
+                    JobGop.job_id == self.job_id
+                )
+            ).one()
+            # frames of finished GOPs count at once, before the throttled report_frames
+            s.execute(
+                update(Job)
+                .where(Job.id == self.job_id)
+                .values(gops_done=done, frames_done=func.greatest(Job.frames_done, frames))
             )
-            s.execute(update(Job).where(Job.id == self.job_id).values(gops_done=done))
             return int(done or 0)
 
 
