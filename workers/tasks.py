@@ -26,7 +26,9 @@ write per ``Settings.progress_write_seconds`` (``workers.runner.JobHandle``). Th
 keeps the largest count per GOP, so a GOP whose task Ray retries never moves the job
 backwards; an executor's entries are dropped when it closes, and reports for a token
 the board does not know (a task cancelled after its job ended) are ignored. If the board
-is unreachable, progress only moves per GOP: encoding never depends on it.
+is unreachable, progress only moves per GOP: encoding never depends on it. The same
+works for a runner connected through Ray Client (``ray://``, as in docker/compose.yaml):
+tried by hand against a ``ray start --head`` cluster (a held GOP's 3 frames seen).
 """
 
 from __future__ import annotations
