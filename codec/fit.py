@@ -304,17 +304,24 @@ class _RateTerm:
     start: Tensor  # [n, 8] the rows' channels before the fit
     cost: Tensor  # [8] or [n, 8] loss per unit of change
 
-    def value(self, rows: Gaussians) -> Tensor:
-        n = int(self.start.shape[0])
-        return ((_quant_channels(rows, n) - self.start).abs() * self.cost).sum()
+    def moved(self, rows: Gaussians) -> Tensor:
+        """[n, 8] how far the first n rows moved from the start, in channel units."""
+        return _quant_channels(rows, int(self.start.shape[0])) - self.start
 
-    def add_grads(self, rows: Gaussians, g_xy: Tensor, g_chol: Tensor, g_rgb: Tensor) -> None:
-        """Add d value / d rows to the gradients (in place), as autograd through :meth:`value`."""
+    def value(self, rows: Gaussians, moved: Tensor | None = None) -> Tensor:
+        m = self.moved(rows) if moved is None else moved
+        return (m.abs() * self.cost).sum()
+
+    def add_grads(
+        self, rows: Gaussians, moved: Tensor, g_xy: Tensor, g_chol: Tensor, g_rgb: Tensor
+    ) -> None:
+        """Add d value / d rows to the gradients (in place), as autograd through :meth:`value`;
+        ``moved`` is ``channels(rows[:n]) - start`` [n, 8]."""
         n = int(self.start.shape[0])
         if n == 0:
             return
         with torch.no_grad():
-            s = (_quant_channels(rows, n) - self.start).sign() * self.cost  # [n, 8]
+            s = moved.sign() * self.cost  # [n, 8]
             diag = rows.chol[:n][:, [0, 2]]
             dlog = (diag >= MIN_CHOL_DIAG).to(diag.dtype) / diag.clamp(min=MIN_CHOL_DIAG)
             g_xy[:n] += s[:, 0:2]
@@ -413,8 +420,10 @@ class _Objective:
             )
             n_values = 3 * self.h * self.w
             loss = sse / n_values
+            moved = None
             if self.rate is not None:
-                loss += float(self.rate.value(rows))
+                moved = self.rate.moved(rows)
+                loss += float(self.rate.value(rows, moved))
         psnr = 10.0 * math.log10(255.0**2 * n_values / sse8) if sse8 > 0 else float("inf")
 
         def grads() -> list[Tensor | None]:
@@ -422,8 +431,8 @@ class _Objective:
             with torch.no_grad():  # clamped(): the gradient passes where l >= MIN_CHOL_DIAG
                 for col in (0, 2):
                     g_chol[:, col] *= (rows.chol[:, col] >= MIN_CHOL_DIAG).to(g_chol.dtype)
-            if self.rate is not None:
-                self.rate.add_grads(rows, g_xy, g_chol, g_rgb)
+            if self.rate is not None and moved is not None:
+                self.rate.add_grads(rows, moved, g_xy, g_chol, g_rgb)
             return [g_xy, g_chol, g_rgb]
 
         return _Eval(img, loss, psnr, n_unresolved, grads)

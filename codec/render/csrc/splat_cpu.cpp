@@ -457,6 +457,53 @@ std::vector<at::Tensor> render_backward(at::Tensor xy, at::Tensor abc, at::Tenso
   return {grads.slice(1, 0, 2), grads.slice(1, 2, 5), grads.slice(1, 5, 8)};
 }
 
+// render_backward for the fit loop: the gradients of the N rows the M drawable ones came from,
+// float32 [N, 8] = (xy, chol, rgb), zero for rows that draw nothing. ``chol`` [M, 3] are the
+// drawable rows' Cholesky factors (the conic's source) and ``idx`` int64 [M] their rows. The
+// conic's chain rule is codec.gaussians.conic_vjp, written out in float32.
+at::Tensor render_backward_rows(at::Tensor xy, at::Tensor abc, at::Tensor rgb, at::Tensor box,
+                                at::Tensor start, at::Tensor ids, at::Tensor grad_img,
+                                at::Tensor chol, at::Tensor idx, int64_t n) {
+  const int64_t m = xy.size(0);
+  TORCH_CHECK(chol.scalar_type() == at::kFloat && chol.dim() == 2 && chol.size(0) == m &&
+                  chol.size(1) == 3,
+              "chol must be float32 [M, 3]");
+  TORCH_CHECK(idx.scalar_type() == at::kLong && idx.numel() == m, "idx must be int64 [M]");
+  const std::vector<at::Tensor> g = render_backward(xy, abc, rgb, box, start, ids, grad_img);
+  // g[0] is the [M, 2] view at the start of the [M, 8] rows (xy, abc, rgb)
+  TORCH_CHECK(m == 0 || g[0].stride(0) == 8, "unexpected gradient layout");
+  const float* pg = g[0].data_ptr<float>();
+  chol = chol.contiguous();
+  idx = idx.contiguous();
+  const float* pc = chol.data_ptr<float>();
+  const int64_t* pi = idx.data_ptr<int64_t>();
+  at::Tensor out = at::zeros({n, 8}, xy.options());
+  float* po = out.data_ptr<float>();
+  for (int64_t r = 0; r < m; ++r) {
+    const int64_t row = pi[r];
+    TORCH_CHECK(row >= 0 && row < n, "row index out of range");
+    const float* gr = pg + 8 * r;
+    float* o = po + 8 * row;
+    const float l11 = pc[3 * r], l21 = pc[3 * r + 1], l22 = pc[3 * r + 2];
+    const float ga = gr[2], gb = gr[3], gc = gr[4];
+    const float i11 = 1.0f / l11, i22 = 1.0f / l22, i22sq = i22 * i22;
+    const float t = l21 * i11 * i22;
+    const float a = i11 * i11 + t * t;
+    const float b = -l21 * i11 * i22sq;
+    const float u = i11 * i22;
+    o[0] = gr[0];
+    o[1] = gr[1];
+    o[2] = ga * (-2.0f * a * i11) + gb * (-b * i11);
+    o[3] = ga * (2.0f * l21 * (u * u)) + gb * (-i11 * i22sq);
+    o[4] = ga * (-2.0f * l21 * l21 * i11 * i11 * i22sq * i22) + gb * (-2.0f * b * i22) +
+           gc * (-2.0f * i22sq * i22);
+    o[5] = gr[5];
+    o[6] = gr[6];
+    o[7] = gr[7];
+  }
+  return out;
+}
+
 // The fit loop's per-iteration statistics of a rendering img against target (float32 [H, W, 3],
 // C-contiguous) in one pass, so the loop needs no per-pixel PyTorch operations:
 //   out[0] = sum (img - target)^2                          (the squared error, float64 sums)
@@ -584,5 +631,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pixel_boxes", &pixel_boxes, "drawable Gaussians and their pixel boxes (CPU)");
   m.def("render_forward_u8", &render_forward_u8, "fused tile render to uint8 (CPU)");
   m.def("render_backward", &render_backward, "fused tile render backward (CPU)");
+  m.def("render_backward_rows", &render_backward_rows,
+        "fused tile render backward to the rows' xy, chol, rgb (CPU)");
   m.def("residual_stats", &residual_stats, "fit-loop error statistics and MSE gradient (CPU)");
 }
