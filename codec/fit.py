@@ -26,6 +26,15 @@ bitstream carries the fitted positions, so the decoder needs no flow).
 
 PSNR is measured as in MEASURING.md: the rendering clamped to [0, 1] and rounded
 to 8 bits, against the frame. Everything is deterministic for a given generator.
+
+Each step evaluates an :class:`_Objective`. On the fused C++ backend with the plain squared
+error (every preset's fits but ``slow``'s SSIM-free QAT fits too) it needs no autograd: the
+backend's ``render_vjp`` gives the picture and a pullback that returns the rows' gradients
+(conic chain rule and scatter in C++), one C++ pass gives the loss, the 8-bit PSNR, the
+P-frame's unresolved-pixel count and d loss / d picture, and the rate term's gradient is
+written out. At 176x144 the autograd graph's bookkeeping had cost more than the kernel
+(BENCHMARKS.md, "Encode and decode speed on the CPU"). Other backends, SSIM losses and GPU
+fits keep autograd; tests/codec/test_fit_objective.py holds the two ways to each other.
 """
 
 from __future__ import annotations
