@@ -28,8 +28,8 @@ PSNR is measured as in MEASURING.md: the rendering clamped to [0, 1] and rounded
 to 8 bits, against the frame. Everything is deterministic for a given generator.
 
 Each step evaluates an :class:`_Objective`. On the fused C++ backend with the plain squared
-error (every preset's fits but ``slow``'s SSIM-free QAT fits too) it needs no autograd: the
-backend's ``render_vjp`` gives the picture and a pullback that returns the rows' gradients
+error (every preset's fits, QAT's straight-through quantisation included) it needs no
+autograd: the backend's ``render_vjp`` gives the picture and a pullback that returns the rows' gradients
 (conic chain rule and scatter in C++), one C++ pass gives the loss, the 8-bit PSNR, the
 P-frame's unresolved-pixel count and d loss / d picture, and the rate term's gradient is
 written out. At 176x144 the autograd graph's bookkeeping had cost more than the kernel
@@ -356,8 +356,7 @@ class _Objective:
     ``static + render(fake_quant(rows.clamped()))`` against ``target``, with the loop's
     statistics: PSNR and the pixels of ``changed`` still unresolved at ``threshold``.
 
-    With a :class:`GradBackend` and plain MSE (every preset but ``slow``'s QAT fits take this
-    way) the gradient comes from the backend's pullback and closed-form chain rules, one C++ pass
+    With a :class:`GradBackend` on the CPU and plain MSE (every preset's fits) the gradient comes from the backend's pullback and closed-form chain rules, one C++ pass
     computes the statistics, and no autograd graph is built; otherwise autograd does it all. The
     two agree up to float rounding (tests/codec/test_fit_objective.py).
     """
