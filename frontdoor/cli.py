@@ -257,6 +257,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             max_frames=args.frames,
             priority=args.priority,
             callback_url=args.callback_url,
+            target_psnr=args.target_psnr,
+            target_msssim=args.target_msssim,
         )
         job_id = str(job["id"])
         print(f"job {job_id} {job.get('status')}", flush=True)
@@ -300,6 +302,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 f"{ssim_label(bool(report.get('ms_ssim_used_ssim_fallback')))} "
                 f"{report.get('ms_ssim', 0):.4f}"
             )
+        if report.get("target"):
+            from codec.target import describe
+
+            for line in describe(report["target"]):
+                print(line)
         for f in files:
             print(f"  {f}")
     return 0
@@ -397,6 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=("ultrafast", "fast", "slow"), default="fast")
     p.add_argument("--quality", type=int, default=5, help="1 (smallest) .. 10 (best)")
     p.add_argument("--gop", type=int, default=30, help="frames per GOP")
+    p.add_argument(
+        "--target-psnr", type=float, default=None, metavar="DB",
+        help="target-quality mode: each GOP lands within 0.5 dB above this mean PSNR",
+    )  # fmt: skip
+    p.add_argument(
+        "--target-msssim", type=float, default=None, metavar="V",
+        help="target-quality mode by mean MS-SSIM (instead of --target-psnr)",
+    )  # fmt: skip
     p.add_argument("--frames", type=int, default=None, help="encode only the first N frames")
     p.add_argument("--priority", type=int, default=None, help="-50 .. 50, higher runs first")
     p.add_argument("--callback-url", default=None, help="POST the finished job here")

@@ -140,6 +140,8 @@ class GopResult:
     psnr_db: float  # mean over the GOP's frames, 8-bit RGB
     encode_seconds: float
     frames: list[dict[str, Any]] = field(default_factory=list)  # codec FrameStats as dicts
+    # target-quality mode: the GOP's search (codec.target.GopTargetReport.to_dict()), else None
+    target: dict[str, Any] | None = None
 
     @property
     def bits(self) -> int:
@@ -187,7 +189,7 @@ class EncodeGopStage:
 
     def process(self, spec: GopSpec, frames: np.ndarray, storage: Storage) -> GopResult:
         from codec.config import CodecConfig
-        from codec.gop import encode_gop_report
+        from codec.target import encode_gop_target
 
         if frames.ndim != 4 or frames.shape[0] != spec.n_frames or frames.shape[-1] != 3:
             raise ValueError(
@@ -199,7 +201,8 @@ class EncodeGopStage:
         start = time.perf_counter()
         if not frames.flags.writeable:  # Ray hands out read-only views of shared memory
             frames = frames.copy()
-        result = encode_gop_report(
+        # with a quality target the GOP's search runs here (its trials, then the chosen payload)
+        result, target = encode_gop_target(
             np.ascontiguousarray(frames, dtype=np.uint8), config, device=self.device
         )
         seconds = time.perf_counter() - start
@@ -220,6 +223,7 @@ class EncodeGopStage:
             psnr_db=psnr,
             encode_seconds=seconds,
             frames=[dict(s) for s in stats],
+            target=target.to_dict() if target is not None else None,
         )
 
 
