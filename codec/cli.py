@@ -115,6 +115,24 @@ def _number(flag: str) -> Callable[[str], float]:
     return parse
 
 
+def add_target_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """``--target-psnr`` and ``--target-msssim`` (encode, and the service's ``submit``)."""
+    tq = p.add_argument_group(
+        "target quality",
+        "search each GOP's quality level (between 1 and 10) for the lowest rate within 0.5 dB "
+        "above the target; an unreachable target is reported, not an error",
+    )
+    tq.add_argument(
+        "--target-psnr", type=_number("--target-psnr"), default=None, metavar="DB",
+        help="mean RGB PSNR per GOP, e.g. 38",
+    )  # fmt: skip
+    tq.add_argument(
+        "--target-msssim", type=_number("--target-msssim"), default=None, metavar="V",
+        help="mean MS-SSIM per GOP, e.g. 0.97 (SSIM below 161 px; band 0.5 dB of -10 log10(1-V))",
+    )  # fmt: skip
+    return tq
+
+
 def _seconds(flag: str, text: str) -> float:
     try:
         value = float(text)
@@ -605,19 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=5,
         help="1 (smallest) .. 10 (best); with a target, where each GOP's search starts",
     )
-    tq = enc.add_argument_group(
-        "target quality",
-        "search each GOP's quality level (between 1 and 10) for the lowest rate within 0.5 dB "
-        "above the target; an unreachable target is reported, not an error",
-    )
-    tq.add_argument(
-        "--target-psnr", type=_number("--target-psnr"), default=None, metavar="DB",
-        help="mean RGB PSNR per GOP, e.g. 38",
-    )  # fmt: skip
-    tq.add_argument(
-        "--target-msssim", type=_number("--target-msssim"), default=None, metavar="V",
-        help="mean MS-SSIM per GOP, e.g. 0.97 (SSIM below 161 px; band 0.5 dB of -10 log10(1-V))",
-    )  # fmt: skip
+    tq = add_target_options(enc)
     tq.add_argument(
         "--target-trials", type=int, default=None, metavar="N",
         help="trial encodes per GOP at most (default 6, at most 12)",

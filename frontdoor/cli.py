@@ -353,7 +353,7 @@ def _global_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from codec.cli import version_text
+    from codec.cli import add_target_options, version_text
 
     common = _global_options()
     parser = argparse.ArgumentParser(
@@ -404,14 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=("ultrafast", "fast", "slow"), default="fast")
     p.add_argument("--quality", type=int, default=5, help="1 (smallest) .. 10 (best)")
     p.add_argument("--gop", type=int, default=30, help="frames per GOP")
-    p.add_argument(
-        "--target-psnr", type=float, default=None, metavar="DB",
-        help="target-quality mode: each GOP lands within 0.5 dB above this mean PSNR",
-    )  # fmt: skip
-    p.add_argument(
-        "--target-msssim", type=float, default=None, metavar="V",
-        help="target-quality mode by mean MS-SSIM (instead of --target-psnr)",
-    )  # fmt: skip
+    add_target_options(p)
     p.add_argument("--frames", type=int, default=None, help="encode only the first N frames")
     p.add_argument("--priority", type=int, default=None, help="-50 .. 50, higher runs first")
     p.add_argument("--callback-url", default=None, help="POST the finished job here")
