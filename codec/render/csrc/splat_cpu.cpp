@@ -121,14 +121,23 @@ inline void column_terms(Cols& q, int64_t tx, float cx, float a, float b2, int64
   }
 }
 
-// Weights of one pixel row (16 lanes): det_exp(h) where h >= -4.5 and the lane is in the box.
-inline void row_weights(const Cols& q, float dy, float t3, float* w) {
-  for (int j = 0; j < TILE; ++j) {
+// Weights of one half row (8 lanes from lane j0): det_exp(h) where h >= -4.5 and the lane is in
+// the box. A pair computes only the halves its box reaches; the lanes it skips would all have
+// weight exactly 0, so the result is the same bits as computing all 16.
+constexpr int HALF = TILE / 2;
+inline void half_weights(const Cols& q, int j0, float dy, float t3, float* w) {
+  for (int j = j0; j < j0 + HALF; ++j) {
     float h = q.adx2[j] + q.b2dx[j] * dy;
     h = h + t3;
     const float e = det_exp(h) * q.in[j];  // exact: in is 0 or 1
     w[j] = h >= CUTOFF ? e : 0.0f;
   }
+}
+
+// The first and last half (0 or 1) of tile column tx that the columns [x0, x1] reach.
+inline void halves(int64_t tx, int64_t x0, int64_t x1, int& h0, int& h1) {
+  h0 = static_cast<int>((x0 - tx * TILE) / HALF);
+  h1 = static_cast<int>((x1 - tx * TILE) / HALF);
 }
 
 // 8-bit output as codec.gop.to_u8 computes it: round-half-even(clamp(v, 0, 1) * 255).
@@ -156,17 +165,31 @@ void forward_tiles(const Params& p, const Bins& b, int64_t height, int64_t width
                   c = -0.5f * p.abc[3 * i + 2];
       const float cr = p.rgb[3 * i], cg = p.rgb[3 * i + 1], cb = p.rgb[3 * i + 2];
       column_terms(q, tx, cx, a, b2, x0, x1);
+      int h0, h1;
+      halves(tx, x0, x1, h0, h1);
       for (int64_t py = y0; py <= y1; ++py) {
         const float dy = (static_cast<float>(py) + 0.5f) - cy;
-        row_weights(q, dy, (c * dy) * dy, w);
+        const float t3 = (c * dy) * dy;
         const int64_t base = (py - ty * TILE) * TILE;
         float* ar = acc[0] + base;
         float* ag = acc[1] + base;
         float* ab = acc[2] + base;
-        for (int j = 0; j < TILE; ++j) {
-          ar[j] = ar[j] + w[j] * cr;
-          ag[j] = ag[j] + w[j] * cg;
-          ab[j] = ab[j] + w[j] * cb;
+        if (h0 != h1) {  // both halves: one 16-lane pass (vectorises best)
+          half_weights(q, 0, dy, t3, w);
+          half_weights(q, HALF, dy, t3, w);
+          for (int j = 0; j < TILE; ++j) {
+            ar[j] = ar[j] + w[j] * cr;
+            ag[j] = ag[j] + w[j] * cg;
+            ab[j] = ab[j] + w[j] * cb;
+          }
+        } else {
+          const int j0 = h0 * HALF;
+          half_weights(q, j0, dy, t3, w);
+          for (int j = j0; j < j0 + HALF; ++j) {
+            ar[j] = ar[j] + w[j] * cr;
+            ag[j] = ag[j] + w[j] * cg;
+            ab[j] = ab[j] + w[j] * cb;
+          }
         }
       }
     }
@@ -337,6 +360,19 @@ std::vector<at::Tensor> render_backward(at::Tensor xy, at::Tensor abc, at::Tenso
 #pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
   for (int64_t t = 0; t < n_tiles; ++t) {
     const int64_t tx = t % tiles_x, ty = t / tiles_x;
+    if (st[t] == st[t + 1]) continue;
+    // the tile's gradient image, de-interleaved once into 16-lane rows per channel (0 outside)
+    alignas(32) float gt[3][TPIX];
+    {
+      const int64_t ye = std::min<int64_t>(TILE, height - ty * TILE);
+      const int64_t xe = std::min<int64_t>(TILE, width - tx * TILE);
+      std::memset(gt, 0, sizeof gt);
+      for (int64_t yy = 0; yy < ye; ++yy) {
+        const float* grow = gi + ((ty * TILE + yy) * width + tx * TILE) * 3;
+        for (int64_t xx = 0; xx < xe; ++xx)
+          for (int ch = 0; ch < 3; ++ch) gt[ch][yy * TILE + xx] = grow[3 * xx + ch];
+      }
+    }
     for (int32_t k = st[t]; k < st[t + 1]; ++k) {
       const int64_t i = id[k];
       int64_t x0, x1, y0, y1;
@@ -351,30 +387,30 @@ std::vector<at::Tensor> render_backward(at::Tensor xy, at::Tensor abc, at::Tenso
       alignas(32) float w[TILE];
       alignas(32) float l_dx[TILE] = {}, l_dy[TILE] = {}, l_dx2[TILE] = {}, l_dxdy[TILE] = {},
                         l_dy2[TILE] = {}, l_r[TILE] = {}, l_g[TILE] = {}, l_b[TILE] = {};
-      // the gradient image of this tile row, de-interleaved into 16 lanes per channel
-      alignas(32) float g0[TILE], g1[TILE], g2[TILE];
+      int h0, h1;
+      halves(tx, x0, x1, h0, h1);
       for (int64_t py = y0; py <= y1; ++py) {
         const float dy = (static_cast<float>(py) + 0.5f) - cy;
-        row_weights(q, dy, (c * dy) * dy, w);
-        const float* grow = gi + (py * width + tx * TILE) * 3;
-        const int64_t xe = std::min<int64_t>(TILE, width - tx * TILE);
-        for (int j = 0; j < TILE; ++j) {
-          const bool ok = j < xe;
-          g0[j] = ok ? grow[3 * j] : 0.0f;
-          g1[j] = ok ? grow[3 * j + 1] : 0.0f;
-          g2[j] = ok ? grow[3 * j + 2] : 0.0f;
-        }
-        for (int j = 0; j < TILE; ++j) {
-          l_r[j] += w[j] * g0[j];
-          l_g[j] += w[j] * g1[j];
-          l_b[j] += w[j] * g2[j];
-          const float g = w[j] * (g0[j] * cr + g1[j] * cg + g2[j] * cb);  // dL/dh
-          const float dx = q.dx[j];
-          l_dx[j] += g * dx;
-          l_dy[j] += g * dy;
-          l_dx2[j] += g * dx * dx;
-          l_dxdy[j] += g * dx * dy;
-          l_dy2[j] += g * dy * dy;
+        const float t3 = (c * dy) * dy;
+        const int64_t base = (py - ty * TILE) * TILE;
+        const float* g0 = gt[0] + base;
+        const float* g1 = gt[1] + base;
+        const float* g2 = gt[2] + base;
+        for (int hh = h0; hh <= h1; ++hh) {
+          const int j0 = hh * HALF;
+          half_weights(q, j0, dy, t3, w);
+          for (int j = j0; j < j0 + HALF; ++j) {
+            l_r[j] += w[j] * g0[j];
+            l_g[j] += w[j] * g1[j];
+            l_b[j] += w[j] * g2[j];
+            const float g = w[j] * (g0[j] * cr + g1[j] * cg + g2[j] * cb);  // dL/dh
+            const float dx = q.dx[j];
+            l_dx[j] += g * dx;
+            l_dy[j] += g * dy;
+            l_dx2[j] += g * dx * dx;
+            l_dxdy[j] += g * dx * dy;
+            l_dy2[j] += g * dy * dy;
+          }
         }
       }
       float s_g_dx = 0, s_g_dy = 0, s_g_dx2 = 0, s_g_dxdy = 0, s_g_dy2 = 0;
@@ -412,6 +448,101 @@ std::vector<at::Tensor> render_backward(at::Tensor xy, at::Tensor abc, at::Tenso
   return {grads.slice(1, 0, 2), grads.slice(1, 2, 5), grads.slice(1, 5, 8)};
 }
 
+// The fit loop's per-iteration statistics of a rendering img against target (float32 [H, W, 3],
+// C-contiguous) in one pass, so the loop needs no per-pixel PyTorch operations:
+//   out[0] = sum (img - target)^2                          (the squared error, float64 sums)
+//   out[1] = sum (round(clamp(img, 0, 1) * 255) - target * 255)^2     (8-bit error, for PSNR)
+//   out[2] = number of pixels where `changed` (bool [H, W]; empty = nowhere) is set and the
+//            5x5 mean (window clipped at the borders, as avg_pool2d with count_include_pad=False)
+//            of max-over-RGB |target - img| exceeds `threshold` (codec.fit.unresolved_mask)
+// With want_grad also grad = 2 (img - target) / (3 H W), the gradient of the mean squared
+// error. Row sums are added in row order: the result does not depend on the thread count.
+std::vector<at::Tensor> residual_stats(at::Tensor img, at::Tensor target, at::Tensor changed,
+                                       double threshold, bool want_grad) {
+  TORCH_CHECK(img.device().is_cpu() && img.scalar_type() == at::kFloat &&
+                  target.scalar_type() == at::kFloat,
+              "residual_stats needs float32 CPU images");
+  TORCH_CHECK(img.dim() == 3 && img.size(2) == 3 && target.sizes() == img.sizes(),
+              "residual_stats needs img and target of one shape [H, W, 3]");
+  img = img.contiguous();
+  target = target.contiguous();
+  const int64_t h = img.size(0), w = img.size(1);
+  const bool masked = changed.numel() > 0;
+  if (masked) {
+    TORCH_CHECK(changed.scalar_type() == at::kBool && changed.dim() == 2 && changed.size(0) == h &&
+                    changed.size(1) == w,
+                "residual_stats needs changed as bool [H, W] (or empty)");
+    changed = changed.contiguous();
+  }
+  const float* pi = img.data_ptr<float>();
+  const float* pt = target.data_ptr<float>();
+  at::Tensor grad;
+  float* pg = nullptr;
+  if (want_grad) {
+    grad = at::empty_like(img);
+    pg = grad.data_ptr<float>();
+  }
+  const float scale = 2.0f / static_cast<float>(3 * h * w);
+  std::vector<double> row_sse(h), row_sse8(h);
+  std::vector<float> dmax(masked ? h * w : 0);
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+  for (int64_t y = 0; y < h; ++y) {
+    double sse = 0.0, sse8 = 0.0;
+    for (int64_t x = 0; x < w; ++x) {
+      float m = 0.0f;
+      for (int ch = 0; ch < 3; ++ch) {
+        const int64_t k = (y * w + x) * 3 + ch;
+        const float e = pi[k] - pt[k];
+        sse += static_cast<double>(e) * e;
+        const float a = std::nearbyint(std::min(std::max(pi[k], 0.0f), 1.0f) * 255.0f);
+        const float e8 = a - pt[k] * 255.0f;
+        sse8 += static_cast<double>(e8) * e8;
+        m = std::max(m, std::fabs(e));
+        if (pg) pg[k] = e * scale;
+      }
+      if (masked) dmax[y * w + x] = m;
+    }
+    row_sse[y] = sse;
+    row_sse8[y] = sse8;
+  }
+  double sse = 0.0, sse8 = 0.0;
+  for (int64_t y = 0; y < h; ++y) {
+    sse += row_sse[y];
+    sse8 += row_sse8[y];
+  }
+  int64_t unresolved = 0;
+  if (masked) {
+    const bool* pc = changed.data_ptr<bool>();
+    std::vector<float> col(h * w);  // vertical 5-sums
+    for (int64_t y = 0; y < h; ++y) {
+      const int64_t y0 = std::max<int64_t>(0, y - 2), y1 = std::min<int64_t>(h - 1, y + 2);
+      for (int64_t x = 0; x < w; ++x) {
+        float s = 0.0f;
+        for (int64_t yy = y0; yy <= y1; ++yy) s += dmax[yy * w + x];
+        col[y * w + x] = s;
+      }
+    }
+    for (int64_t y = 0; y < h; ++y) {
+      const int64_t ny = std::min<int64_t>(h - 1, y + 2) - std::max<int64_t>(0, y - 2) + 1;
+      for (int64_t x = 0; x < w; ++x) {
+        if (!pc[y * w + x]) continue;
+        const int64_t x0 = std::max<int64_t>(0, x - 2), x1 = std::min<int64_t>(w - 1, x + 2);
+        float s = 0.0f;
+        for (int64_t xx = x0; xx <= x1; ++xx) s += col[y * w + xx];
+        const float mean = s / static_cast<float>(ny * (x1 - x0 + 1));
+        unresolved += mean > static_cast<float>(threshold);
+      }
+    }
+  }
+  at::Tensor out = at::empty({3}, at::TensorOptions().dtype(at::kDouble));
+  double* po = out.data_ptr<double>();
+  po[0] = sse;
+  po[1] = sse8;
+  po[2] = static_cast<double>(unresolved);
+  if (want_grad) return {out, grad};
+  return {out};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -419,4 +550,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pixel_boxes", &pixel_boxes, "drawable Gaussians and their pixel boxes (CPU)");
   m.def("render_forward_u8", &render_forward_u8, "fused tile render to uint8 (CPU)");
   m.def("render_backward", &render_backward, "fused tile render backward (CPU)");
+  m.def("residual_stats", &residual_stats, "fit-loop error statistics and MSE gradient (CPU)");
 }
