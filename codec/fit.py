@@ -26,6 +26,15 @@ bitstream carries the fitted positions, so the decoder needs no flow).
 
 PSNR is measured as in MEASURING.md: the rendering clamped to [0, 1] and rounded
 to 8 bits, against the frame. Everything is deterministic for a given generator.
+
+Each step evaluates an :class:`_Objective`. On the fused C++ backend with the plain squared
+error (every preset's fits, QAT's straight-through quantisation included) it needs no
+autograd: the backend's ``render_vjp`` gives the picture and a pullback that returns the rows' gradients
+(conic chain rule and scatter in C++), one C++ pass gives the loss, the 8-bit PSNR, the
+P-frame's unresolved-pixel count and d loss / d picture, and the rate term's gradient is
+written out. At 176x144 the autograd graph's bookkeeping had cost more than the kernel
+(BENCHMARKS.md, "Encode and decode speed on the CPU"). Other backends, SSIM losses and GPU
+fits keep autograd; tests/codec/test_fit_objective.py holds the two ways to each other.
 """
 
 from __future__ import annotations
@@ -304,17 +313,24 @@ class _RateTerm:
     start: Tensor  # [n, 8] the rows' channels before the fit
     cost: Tensor  # [8] or [n, 8] loss per unit of change
 
-    def value(self, rows: Gaussians) -> Tensor:
-        n = int(self.start.shape[0])
-        return ((_quant_channels(rows, n) - self.start).abs() * self.cost).sum()
+    def moved(self, rows: Gaussians) -> Tensor:
+        """[n, 8] how far the first n rows moved from the start, in channel units."""
+        return _quant_channels(rows, int(self.start.shape[0])) - self.start
 
-    def add_grads(self, rows: Gaussians, g_xy: Tensor, g_chol: Tensor, g_rgb: Tensor) -> None:
-        """Add d value / d rows to the gradients (in place), as autograd through :meth:`value`."""
+    def value(self, rows: Gaussians, moved: Tensor | None = None) -> Tensor:
+        m = self.moved(rows) if moved is None else moved
+        return (m.abs() * self.cost).sum()
+
+    def add_grads(
+        self, rows: Gaussians, moved: Tensor, g_xy: Tensor, g_chol: Tensor, g_rgb: Tensor
+    ) -> None:
+        """Add d value / d rows to the gradients (in place), as autograd through :meth:`value`;
+        ``moved`` is ``channels(rows[:n]) - start`` [n, 8]."""
         n = int(self.start.shape[0])
         if n == 0:
             return
         with torch.no_grad():
-            s = (_quant_channels(rows, n) - self.start).sign() * self.cost  # [n, 8]
+            s = moved.sign() * self.cost  # [n, 8]
             diag = rows.chol[:n][:, [0, 2]]
             dlog = (diag >= MIN_CHOL_DIAG).to(diag.dtype) / diag.clamp(min=MIN_CHOL_DIAG)
             g_xy[:n] += s[:, 0:2]
@@ -340,8 +356,7 @@ class _Objective:
     ``static + render(fake_quant(rows.clamped()))`` against ``target``, with the loop's
     statistics: PSNR and the pixels of ``changed`` still unresolved at ``threshold``.
 
-    With a :class:`GradBackend` and plain MSE (every preset but ``slow``'s QAT fits take this
-    way) the gradient comes from the backend's pullback and closed-form chain rules, one C++ pass
+    With a :class:`GradBackend` on the CPU and plain MSE (every preset's fits) the gradient comes from the backend's pullback and closed-form chain rules, one C++ pass
     computes the statistics, and no autograd graph is built; otherwise autograd does it all. The
     two agree up to float rounding (tests/codec/test_fit_objective.py).
     """
@@ -413,8 +428,10 @@ class _Objective:
             )
             n_values = 3 * self.h * self.w
             loss = sse / n_values
+            moved = None
             if self.rate is not None:
-                loss += float(self.rate.value(rows))
+                moved = self.rate.moved(rows)
+                loss += float(self.rate.value(rows, moved))
         psnr = 10.0 * math.log10(255.0**2 * n_values / sse8) if sse8 > 0 else float("inf")
 
         def grads() -> list[Tensor | None]:
@@ -422,8 +439,8 @@ class _Objective:
             with torch.no_grad():  # clamped(): the gradient passes where l >= MIN_CHOL_DIAG
                 for col in (0, 2):
                     g_chol[:, col] *= (rows.chol[:, col] >= MIN_CHOL_DIAG).to(g_chol.dtype)
-            if self.rate is not None:
-                self.rate.add_grads(rows, g_xy, g_chol, g_rgb)
+            if self.rate is not None and moved is not None:
+                self.rate.add_grads(rows, moved, g_xy, g_chol, g_rgb)
             return [g_xy, g_chol, g_rgb]
 
         return _Eval(img, loss, psnr, n_unresolved, grads)

@@ -117,8 +117,10 @@ def conic_vjp(chol: Tensor, grad_abc: Tensor) -> Tensor:
     b = -l21 * i11 * i22sq
     g11 = ga * (-2.0 * a * i11) + gb * (-b * i11)
     g21 = ga * (2.0 * l21 * (i11 * i22) ** 2) + gb * (-i11 * i22sq)
-    g22 = ga * (-2.0 * l21 * l21 * i11 * i11 * i22sq * i22) + gb * (-2.0 * b * i22) + gc * (
-        -2.0 * i22sq * i22
+    g22 = (
+        ga * (-2.0 * l21 * l21 * i11 * i11 * i22sq * i22)
+        + gb * (-2.0 * b * i22)
+        + gc * (-2.0 * i22sq * i22)
     )
     return torch.stack([g11, g21, g22], dim=1)
 

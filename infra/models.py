@@ -175,7 +175,7 @@ class Job(Base):
     quality: Mapped[int] = mapped_column(Integer, default=5)
     gop: Mapped[int] = mapped_column(Integer, default=30)
     enhance: Mapped[bool] = mapped_column(Boolean, default=False)
-    # target-quality mode (migration 0005): at most one; null = the quality level as is
+    # target-quality mode (migration 0006): at most one; null = the quality level as is
     target_psnr: Mapped[float | None] = mapped_column(Float)
     target_msssim: Mapped[float | None] = mapped_column(Float)
     max_frames: Mapped[int | None] = mapped_column(Integer)
@@ -193,6 +193,10 @@ class Job(Base):
     phase: Mapped[JobPhase | None] = mapped_column(Enum(JobPhase, name="job_phase"))
     gops_total: Mapped[int | None] = mapped_column(Integer)
     gops_done: Mapped[int] = mapped_column(Integer, default=0)
+    # frames to encode (known once probed) and frames encoded so far, partly encoded GOPs
+    # included (the runner writes it as GOP tasks report, workers/tasks.py; migration 0005)
+    frames_total: Mapped[int | None] = mapped_column(Integer)
+    frames_done: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     error_code: Mapped[str | None] = mapped_column(String(64))
@@ -234,7 +238,7 @@ class JobGop(Base):
     payload_bytes: Mapped[int] = mapped_column(BigInteger)
     psnr_db: Mapped[float | None] = mapped_column(Float)
     encode_seconds: Mapped[float | None] = mapped_column(Float)
-    # target-quality mode: the GOP's search (codec.target.GopTargetReport.to_dict(), migration 0005)
+    # target-quality mode: the GOP's search (codec.target.GopTargetReport.to_dict(), migration 0006)
     target: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from codec.gaussians import Gaussians, conic, conic_vjp
+from codec.gaussians import Gaussians, conic
 from codec.render import cpu_ext
 from codec.render.base import VjpFn
 from codec.render.canonical import drawable_boxes, render_canonical
@@ -116,14 +116,11 @@ class FusedCpuBackend:
         n = len(g)
 
         def vjp(grad_img: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            g_xy, g_abc, g_rgb = self._ext.render_backward(xy, abc, rgb, box, start, ids, grad_img)
-            out_xy = torch.zeros(n, 2)
-            out_chol = torch.zeros(n, 3)
-            out_rgb = torch.zeros(n, 3)
-            out_xy[idx] = g_xy
-            out_chol[idx] = conic_vjp(chol, g_abc)
-            out_rgb[idx] = g_rgb
-            return out_xy, out_chol, out_rgb
+            # one C++ call: backward, conic chain rule (conic_vjp), scatter to the N rows
+            grads = self._ext.render_backward_rows(
+                xy, abc, rgb, box, start, ids, grad_img, chol.contiguous(), idx, n
+            )  # [N, 8]
+            return grads[:, 0:2], grads[:, 2:5], grads[:, 5:8]
 
         return img, vjp
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from codec.config import FitConfig, QuantConfig
-from codec.fit import _Objective, _RateTerm, _quant_channels
+from codec.fit import _Objective, _quant_channels, _RateTerm
 from codec.gaussians import MIN_CHOL_DIAG, Gaussians, conic, conic_vjp
 from codec.quant import fake_quantize, make_grid
 from codec.render import get_backend

@@ -1,8 +1,8 @@
 """target-quality mode: a job's quality target and each GOP's search
 
-Revision ID: 0005
-Revises: 0004
-Create Date: 2026-12-07
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-08
 
 ``jobs.target_psnr`` (dB) and ``jobs.target_msssim``: the job option of the
 target-quality mode (codec/target.py), at most one set; null (every job made
@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0005"
-down_revision: str | Sequence[str] | None = "0004"
+revision: str = "0006"
+down_revision: str | Sequence[str] | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
