@@ -9,11 +9,9 @@ import uuid
 import pytest
 
 from codec.config import CodecConfig
-from codec.video import read_frames
-from infra.models import JobGop, JobStatus
+from infra.models import JobStatus
 from infra.settings import Settings
-from tests.workers.helpers import TINY_CODEC, WorkerEnv, expire_lease, started_markers
-from workers.gops import EncodeGopStage, GopSpec, gop_key
+from tests.workers.helpers import TINY_CODEC, WorkerEnv, started_markers
 from workers.pipeline import JobError, JobSpec, codec_config_dict
 
 
@@ -74,36 +72,13 @@ def test_a_resumed_target_job_reports_the_gops_of_the_dead_runner(
     ray_local: str, worker_env: WorkerEnv
 ) -> None:
     """GOP 0's search was done by a runner that died: its report comes from job_gops.target."""
-    sf = worker_env.session_factory
     runner = worker_env.runner()
     job_id = worker_env.add_job(
         worker_env.upload_video(runner, n_frames=4), gop=2, target_psnr=90.0
     )
-    job = worker_env.job(job_id)
     config = CodecConfig.preset("fast", 1).with_overrides(gop=2, target_psnr=90.0, **TINY_CODEC)
-    spec0 = GopSpec(0, 0, 2, gop_key(job.output_prefix, 0))
-    local = worker_env.tmp_path / "in.mp4"
-    done0 = EncodeGopStage(config=config.to_dict()).process(
-        spec0, read_frames(local, 0, 2), runner.storage
-    )
+    done0 = worker_env.leave_gop0_of_dead_runner(runner, job_id, config.to_dict())
     assert done0.target is not None and done0.target["status"] == "unreachable"
-    with sf.begin() as s:
-        s.add(
-            JobGop(
-                job_id=job_id,
-                gop_index=0,
-                first_frame=0,
-                n_frames=2,
-                payload_key=spec0.key,
-                payload_bytes=done0.payload_bytes,
-                psnr_db=done0.psnr_db,
-                encode_seconds=done0.encode_seconds,
-                target=done0.target,
-            )
-        )
-    expire_lease(
-        sf, job_id, 1, status=JobStatus.running, attempts=1, gops_done=1, lease_owner="dead-runner"
-    )
     assert runner.run_once()
     job = worker_env.job(job_id)
     assert job.status == JobStatus.succeeded, (job.error_code, job.error_message)
