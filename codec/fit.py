@@ -50,7 +50,7 @@ from torch import Tensor
 
 from codec.config import FitConfig
 from codec.errors import CodecConfigError
-from codec.gaussians import MIN_CHOL_DIAG, Gaussians
+from codec.gaussians import MIN_CHOL_DIAG, Gaussians, radius_3sigma
 from codec.render.base import GradBackend, RenderBackend
 
 FakeQuant = Callable[[Gaussians], Gaussians]
@@ -344,7 +344,7 @@ class _RateTerm:
 class _Eval:
     """One evaluation of a fit's objective at the optimiser's current rows."""
 
-    img: Tensor  # [H, W, 3] the whole picture (static part included), detached
+    picture: Callable[[], Tensor]  # [H, W, 3] the whole picture (static part included), detached
     loss: float
     psnr_db: float
     n_unresolved: int  # pixels of the objective's `changed` mask still unresolved (0 without one)
@@ -377,6 +377,7 @@ class _Objective:
         self.h, self.w = int(target.shape[0]), int(target.shape[1])
         self.static, self.fake_quant = static, fake_quant
         self.changed, self.threshold, self.rate = changed, threshold, rate
+        self._window: _Window | None = None
         self.fused = (
             isinstance(backend, GradBackend)
             and cfg.ssim_weight <= 0.0
@@ -414,14 +415,36 @@ class _Objective:
             got = torch.autograd.grad(loss, params, allow_unused=True)
             return list(got)
 
-        return _Eval(shown, float(loss.detach()), psnr_of(shown, self.target), n_unresolved, grads)
+        return _Eval(
+            lambda: shown, float(loss.detach()), psnr_of(shown, self.target), n_unresolved, grads
+        )
+
+    def _window_for(self, shown: Gaussians) -> _Window | None:
+        """The window the rows draw in (kept while they stay inside it), or None for the frame."""
+        if self.static is None:
+            return None
+        lo, hi = _draw_extent(shown)
+        win = self._window
+        if win is not None and win.contains(lo, hi):
+            return win
+        if win is not None:  # grow to hold the old window and where the rows draw now
+            lo = torch.minimum(lo, torch.tensor([win.x0, win.y0], dtype=lo.dtype))
+            hi = torch.maximum(hi, torch.tensor([win.x1, win.y1], dtype=hi.dtype))
+        backend = self.backend
+        assert isinstance(backend, GradBackend) and self.static is not None
+        self._window = _Window.around(lo, hi, self.h, self.w, backend, self)
+        return self._window
 
     def _fused(self, rows: Gaussians) -> _Eval:
         backend = self.backend
         assert isinstance(backend, GradBackend)
         rows = rows.detach()
         with torch.no_grad():
-            part, vjp = backend.render_vjp(self._shown(rows), self.h, self.w)
+            shown = self._shown(rows)
+            win = self._window_for(shown)
+            if win is not None and win.useful:
+                return self._fused_window(rows, shown, win)
+            part, vjp = backend.render_vjp(shown, self.h, self.w)
             img = part if self.static is None else self.static + part
             sse, sse8, n_unresolved, grad_img = backend.residual_stats(
                 img, self.target, self.changed, self.threshold
@@ -443,7 +466,131 @@ class _Objective:
                 self.rate.add_grads(rows, moved, g_xy, g_chol, g_rgb)
             return [g_xy, g_chol, g_rgb]
 
-        return _Eval(img, loss, psnr, n_unresolved, grads)
+        return _Eval(lambda: img, loss, psnr, n_unresolved, grads)
+
+    def _fused_window(self, rows: Gaussians, shown: Gaussians, win: _Window) -> _Eval:
+        """:meth:`_fused` on the window only: outside it the picture is the static one, whose
+        share of the sums was taken once (:class:`_Window`)."""
+        backend = self.backend
+        assert isinstance(backend, GradBackend) and self.static is not None
+        offset = torch.tensor([float(win.x0), float(win.y0)])
+        moved_rows = Gaussians(shown.xy_px - offset, shown.chol, shown.rgb)
+        part, vjp = backend.render_vjp(moved_rows, win.height, win.width)
+        img_w = win.static + part
+        sse_w, sse8_w, unres_w, grad_w = backend.residual_stats(
+            img_w, win.target, win.changed, self.threshold
+        )
+        n_values = 3 * self.h * self.w
+        sse = win.out_sse + sse_w
+        sse8 = win.out_sse8 + sse8_w
+        n_unresolved = win.out_unresolved + unres_w
+        # d mean / d img is 2 e / (3 H W) for the whole frame, not the window's 3 h w
+        grad_w.mul_(float(win.height * win.width) / float(self.h * self.w))
+        loss = sse / n_values
+        moved = None
+        if self.rate is not None:
+            moved = self.rate.moved(rows)
+            loss += float(self.rate.value(rows, moved))
+        psnr = 10.0 * math.log10(255.0**2 * n_values / sse8) if sse8 > 0 else float("inf")
+        static = self.static
+
+        def picture() -> Tensor:
+            full = static.clone()
+            full[win.y0 : win.y1, win.x0 : win.x1] = img_w
+            return full
+
+        def grads() -> list[Tensor | None]:
+            g_xy, g_chol, g_rgb = vjp(grad_w)
+            with torch.no_grad():
+                for col in (0, 2):
+                    g_chol[:, col] *= (rows.chol[:, col] >= MIN_CHOL_DIAG).to(g_chol.dtype)
+            if self.rate is not None and moved is not None:
+                self.rate.add_grads(rows, moved, g_xy, g_chol, g_rgb)
+            return [g_xy, g_chol, g_rgb]
+
+        return _Eval(picture, loss, psnr, n_unresolved, grads)
+
+
+WINDOW_MARGIN_PX = 8  # the P-frame window's margin around where its rows draw
+WINDOW_MAX_SHARE = 0.6  # a window over more of the frame than this is not worth its set-up
+
+
+def _draw_extent(g: Gaussians) -> tuple[Tensor, Tensor]:
+    """(lo, hi) float [2] pixel bounds (x, y) of every pixel ``g``'s rows can draw, generously:
+    the 3-sigma boxes of :func:`codec.render.torch_tiles.pixel_boxes` plus a pixel."""
+    if len(g) == 0:
+        return torch.zeros(2), torch.zeros(2)
+    r = radius_3sigma(g.chol) * 1.001 + 1.0
+    return (g.xy_px - r).amin(dim=0), (g.xy_px + r).amax(dim=0)
+
+
+@dataclass
+class _Window:
+    """A P-frame fit's pixel window [y0, y1) x [x0, x1): its static picture, target and changed
+    mask, and the static picture's share of the sums outside it. The rows draw only inside it,
+    at least ``WINDOW_MARGIN_PX`` (>= 2, the unresolved mask's 5x5 reach) from its edges, so
+    every pixel outside (and its 5x5 neighbourhood) keeps its static value."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    static: Tensor
+    target: Tensor
+    changed: Tensor | None
+    out_sse: float
+    out_sse8: float
+    out_unresolved: int
+    useful: bool
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    def contains(self, lo: Tensor, hi: Tensor) -> bool:
+        m = WINDOW_MARGIN_PX // 2
+        return bool(
+            lo[0] >= self.x0 + m
+            and lo[1] >= self.y0 + m
+            and hi[0] <= self.x1 - m
+            and hi[1] <= self.y1 - m
+        )
+
+    @staticmethod
+    def around(
+        lo: Tensor, hi: Tensor, h: int, w: int, backend: GradBackend, obj: _Objective
+    ) -> _Window:
+        x0 = max(0, int(math.floor(float(lo[0]))) - WINDOW_MARGIN_PX)
+        y0 = max(0, int(math.floor(float(lo[1]))) - WINDOW_MARGIN_PX)
+        x1 = min(w, int(math.ceil(float(hi[0]))) + WINDOW_MARGIN_PX)
+        y1 = min(h, int(math.ceil(float(hi[1]))) + WINDOW_MARGIN_PX)
+        x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+        useful = (x1 - x0) * (y1 - y0) <= WINDOW_MAX_SHARE * h * w
+        assert obj.static is not None
+        static = obj.static[y0:y1, x0:x1].contiguous()
+        target = obj.target[y0:y1, x0:x1].contiguous()
+        changed = obj.changed[y0:y1, x0:x1].contiguous() if obj.changed is not None else None
+        if not useful:
+            return _Window(x0, y0, x1, y1, static, target, changed, 0.0, 0.0, 0, False)
+        full = backend.residual_stats(obj.static, obj.target, obj.changed, obj.threshold)
+        inner = backend.residual_stats(static, target, changed, obj.threshold)
+        return _Window(
+            x0,
+            y0,
+            x1,
+            y1,
+            static,
+            target,
+            changed,
+            full[0] - inner[0],
+            full[1] - inner[1],
+            full[2] - inner[2],
+            True,
+        )
 
 
 def _default_generator(generator: torch.Generator | None) -> torch.Generator:
@@ -565,7 +712,7 @@ def fit_iframe(
         opt.step(ev.grads(), sched.factor(it, ev.loss), h, w)
         it += 1
         if cfg.densify and it % cfg.densify_every == 0 and it <= densify_stop:
-            _densify(opt, ev.img, target, n_max, cfg, gen)
+            _densify(opt, ev.picture(), target, n_max, cfg, gen)
     return FitResult(gaussians=best, iters=it, psnr_db=best_psnr, history=history)
 
 
@@ -766,13 +913,14 @@ def fit_pframe(
     )
     while True:
         ev = objective(opt.rows())
-        psnr, img = ev.psnr_db, ev.img
+        psnr = ev.psnr_db
         if psnr > best_psnr:
             best_psnr, best = psnr, opt.snapshot()
         if it >= cfg.pframe_iters or psnr >= cfg.target_psnr_db or ev.n_unresolved < min_changed:
             break
         if not added and it >= add_at and max_new > 0:
             added = True
+            img = ev.picture()
             missing = unresolved_mask(target, img, cfg.pframe_new_threshold) & changed
             n_missing = int(missing.sum())
             if n_missing >= min_changed:

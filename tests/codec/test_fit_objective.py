@@ -86,7 +86,7 @@ def test_fused_objective_matches_autograd(
     assert a.loss == pytest.approx(b.loss, rel=1e-5)
     assert a.psnr_db == pytest.approx(b.psnr_db, abs=1e-4)
     assert abs(a.n_unresolved - b.n_unresolved) <= 2  # float ties at the threshold only
-    torch.testing.assert_close(a.img, b.img, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.picture(), b.picture(), rtol=1e-5, atol=1e-5)
     for got, want in zip(a.grads(), b.grads(), strict=True):
         assert got is not None and want is not None
         torch.testing.assert_close(got, want, rtol=2e-3, atol=1e-6)
@@ -111,3 +111,41 @@ def test_fused_objective_is_deterministic() -> None:
     assert one.loss == two.loss and one.psnr_db == two.psnr_db
     for x, y in zip(one.grads(), two.grads(), strict=True):
         assert x is not None and y is not None and torch.equal(x, y)
+
+
+def test_window_objective_matches_autograd() -> None:
+    """A P-frame whose rows draw in a corner: the fused objective works on a window around them
+    (and grows it when they leave), with the same loss, statistics and gradients as autograd on
+    the whole frame."""
+    import codec.fit as fit
+
+    h, w = 120, 160
+    backend = get_backend("cpu")
+    gen = torch.Generator().manual_seed(11)
+    target = torch.rand(h, w, 3, generator=gen)
+    static = torch.rand(h, w, 3, generator=gen) * 0.8
+    g = random_gaussians(80, 5)
+    g = Gaussians(g.xy_px * 0.5 + 20.0, g.chol.clamp(-2.0, 2.0), g.rgb)  # inside ~[20, 47] x [20, 39]
+    g.xy_px[2] = torch.tensor([30.0, 30.0])
+    start = _quant_channels(g, 60) + 0.01 * torch.randn(60, 8, generator=gen)
+    rate = _RateTerm(start, torch.rand(8, generator=gen) * 1e-3)
+    changed = torch.rand(h, w, generator=gen) > 0.3
+    kw = dict(static=static, changed=changed, threshold=0.1, rate=rate)
+    fused = _Objective(target, backend, FitConfig(), **kw)  # type: ignore[arg-type]
+    slow = _Objective(target, get_backend("torch"), FitConfig(), **kw)  # type: ignore[arg-type]
+    right_edges = []
+    for shift in (0.0, 40.0):  # the second evaluation leaves the first window: it grows
+        moved = Gaussians(g.xy_px + shift, g.chol, g.rgb)
+        a, b = fused(leaves(moved)), slow(leaves(moved))
+        win = fused._window
+        assert win is not None and win.useful and win.width < w and win.height < h
+        right_edges.append(win.x1)
+        assert a.loss == pytest.approx(b.loss, rel=1e-6)
+        assert a.psnr_db == pytest.approx(b.psnr_db, abs=1e-6)
+        assert abs(a.n_unresolved - b.n_unresolved) <= 2
+        torch.testing.assert_close(a.picture(), b.picture(), rtol=1e-5, atol=1e-5)
+        for got, want in zip(a.grads(), b.grads(), strict=True):
+            assert got is not None and want is not None
+            torch.testing.assert_close(got, want, rtol=2e-3, atol=1e-7)
+    assert right_edges[1] > right_edges[0]
+    assert fit.WINDOW_MARGIN_PX >= 4  # the growth check keeps rows >= 2 px from the edge
