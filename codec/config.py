@@ -19,6 +19,7 @@ from codec.errors import CodecConfigError
 
 InitMethod = Literal["superpixel", "random"]
 LrSchedule = Literal["plateau", "cosine"]
+BudgetMode = Literal["density", "rd"]
 QuantMode = Literal["ptq", "qat"]
 PresetName = Literal["ultrafast", "fast", "slow"]
 PRESETS: tuple[str, ...] = ("ultrafast", "fast", "slow")  # the speed ladder, fastest first
@@ -37,7 +38,16 @@ def _check_range(name: str, value: float, lo: float, hi: float) -> None:
 class FitConfig:
     """How Gaussians are fitted to frames."""
 
-    gaussians_per_kpx: float = 40.0  # Gaussians per 1000 pixels in an I-frame
+    gaussians_per_kpx: float = 40.0  # Gaussians per 1000 pixels in an I-frame (budget="density")
+    # I-frame Gaussian budget: "density" = gaussians_per_kpx, scaled down on flat frames
+    # (codec.init.count_for_detail); "rd" = per block, the count that minimises D + lambda R at
+    # the level's lambda (pframe_rd_lambda, the same slope the P-frames use), see
+    # codec.init.rd_gaussian_count; budget_fit_gain calibrates its distortion model
+    budget: BudgetMode = "density"
+    budget_fit_gain: float = 0.25
+    # with densify: the I-frame starts from this share of its budget and densification (splits
+    # and seeds) grows it to the budget
+    budget_init_share: float = 1.0
     init: InitMethod = "superpixel"
     roi_share: float = (
         0.5  # fraction of Gaussians placed inside the region of interest, when one is given
@@ -81,6 +91,12 @@ class FitConfig:
     prune_rgb_eps: float = (
         2.0 / 255.0
     )  # densify: Gaussians whose largest |rgb| is below this are pruned
+    # densify (codec.densify): share of the free rows spent on splitting the large Gaussians with
+    # the most error under them (the rest are seeded at residual peaks); 0 = seeds only
+    densify_split_share: float = 0.0
+    # densify: also prune Gaussians whose removal costs less than pframe_rd_lambda * this many
+    # bits of squared error (8-bit levels^2), i.e. that do not pay at the level's slope; 0 = off
+    densify_prune_bits: float = 0.0
     pframe_min_changed_frac: float = (
         0.001  # P-frames with fewer changed pixels than this share are static
     )
@@ -100,6 +116,16 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         _check_range("gaussians_per_kpx", self.gaussians_per_kpx, 0.5, 1000.0)
+        _check_range("budget_fit_gain", self.budget_fit_gain, 1e-4, 100.0)
+        _check_range("budget_init_share", self.budget_init_share, 0.05, 1.0)
+        _check_range("densify_split_share", self.densify_split_share, 0.0, 1.0)
+        _check_range("densify_prune_bits", self.densify_prune_bits, 0.0, 1e4)
+        if self.budget not in ("density", "rd"):
+            raise CodecConfigError(f"budget={self.budget!r} is unknown; use 'density' or 'rd'")
+        if self.budget == "rd" and self.pframe_rd_lambda <= 0:
+            raise CodecConfigError(
+                "budget='rd' needs the level's lambda: set pframe_rd_lambda > 0 (or budget='density')"
+            )
         _check_range("roi_share", self.roi_share, 0.0, 0.95)
         _check_range("iframe_iters", self.iframe_iters, 0, 100_000)
         _check_range("pframe_iters", self.pframe_iters, 0, 100_000)
