@@ -68,6 +68,8 @@ def ladder(
                 "i_gaussians": res.frames[0].n_gaussians,
                 "i_bytes": res.frames[0].n_bytes,
                 "seconds": time.perf_counter() - start,
+                "psnr_db_per_frame": [round(f.psnr_db, 2) for f in res.frames],
+                "bytes_per_frame": [f.n_bytes for f in res.frames],
             }
         )
         r = rows[-1]

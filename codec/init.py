@@ -287,7 +287,7 @@ def count_for_detail(n: int, frame: Tensor | NDArray[np.floating]) -> int:
 BUDGET_BLOCK_PX = 16
 BUDGET_SPACINGS_PX = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 BUDGET_BLUR_PER_SPACING = 0.5
-BUDGET_FIT_GAIN = 0.25
+BUDGET_FIT_GAIN = 0.4
 MAX_BUDGET_PER_PX = 0.25  # never more than one Gaussian per 4 pixels
 
 
@@ -360,8 +360,8 @@ def iframe_budget(
 ) -> int:
     """The I-frame's Gaussian count under ``fit.budget``: ``"density"`` scales ``n_density``
     down on flat frames (:func:`count_for_detail`); ``"rd"`` is :func:`rd_gaussian_count` at
-    ``fit.pframe_rd_lambda`` for Gaussians of ``attr_bits``-bit attributes."""
-    if fit.budget == "density":
+    ``fit.pframe_rd_lambda`` (when above 0) for Gaussians of ``attr_bits``-bit attributes."""
+    if fit.budget == "density" or fit.pframe_rd_lambda <= 0:
         return count_for_detail(n_density, frame)
     bits = GAUSSIAN_BITS_BASE + GAUSSIAN_BITS_PER_DEPTH * attr_bits
     return rd_gaussian_count(frame, fit.pframe_rd_lambda, bits, fit_gain=fit.budget_fit_gain)
