@@ -13,7 +13,6 @@ entropy coding (``codec/quant.py``, ``codec/entropy.py``).
 from __future__ import annotations
 
 import math
-
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
