@@ -12,10 +12,10 @@ exactly what ``encode_gop(..., enhance=...)`` would write:
   bytes still counted): shows what the network can do regardless of its rate.
 
 Rates are GOP payload bits per pixel (container header and index excluded, the same for all
-three). Quality: PSNR (mean of per-frame), MS-SSIM (SSIM below 161 px), HaarPSI and DSS (piq);
-BD-rate on MS-SSIM and HaarPSI uses them in dB, ``-10 log10(1 - x)``. Also: the enhancer's
-decode milliseconds per frame at this clip's size and at 720x528, and its share of the encode
-time. Writes ``results.json`` and ``results.md`` into ``--out``.
+three). Quality: PSNR (mean of per-frame), MS-SSIM (SSIM below 161 px), HaarPSI and DSS
+(codec.perceptual); BD-rate on MS-SSIM and HaarPSI uses them in dB, ``-10 log10(1 - x)``.
+Also: the enhancer's decode milliseconds per frame at this clip's size and at 720x528, and its
+share of the encode time. Writes ``results.json`` and ``results.md`` into ``--out``.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/enhance_bd.py ../shared/data/carphone_pristine.mp4 \\
         --frames 10 --gop 10 --qualities 2,3,4,6 --out bench/results/enhance/carphone

@@ -13,7 +13,11 @@ Every command is ``main(argv)`` so tests call it directly. Habits follow ffmpeg'
 - frames are chosen by ``--start``/``--frames`` or by time, ``-ss``/``-t`` (seconds);
   decode seeks through the GOP index;
 - ``decode --salvage`` writes every intact GOP of a damaged file, names the damaged ones
-  and exits 1; ``info`` reports damage and exits 1.
+  and exits 1; ``info`` reports damage and exits 1;
+- the enhancer: ``encode --enhance`` / ``--no-enhance`` (default: the preset's, off in every
+  preset today), ``decode --no-enhance`` (the raw Gaussian output), ``info`` shows each GOP's
+  enhancer record; ``encode --json`` decodes the written file for PSNR, MS-SSIM (or SSIM),
+  DSS and HaarPSI with and without the enhancer.
 
 User mistakes (bad files, bad values) print one ``error:`` line naming the flag or file and what
 to do, and return 2.
@@ -159,6 +163,13 @@ def _config_from_args(args: argparse.Namespace) -> CodecConfig:
     if args.p_iters is not None:
         overrides["fit__pframe_iters"] = args.p_iters
     sets = parse_overrides(args.set or [])
+    if args.enhance is not None:
+        if "enhance" in sets and sets["enhance"] != args.enhance:
+            given = "--enhance" if args.enhance != "off" else "--no-enhance"
+            raise UsageError(
+                f"{given} and --set enhance={sets['enhance']} disagree; give one of them"
+            )
+        overrides["enhance"] = args.enhance
     known = _setting_names()
     for key in sets:
         if key not in known:
@@ -327,9 +338,74 @@ def _encode(args: argparse.Namespace, path: Path, out: IO[str]) -> int:
         f"{summary.workers} worker(s) x {summary.threads} thread(s)",
         file=out,
     )
+    record = summary.__dict__.copy()
+    n_gops = len(summary.enhancer_bytes_per_gop)
+    record["enhance"] = config.enhance
+    record["enhancer_bytes"] = sum(summary.enhancer_bytes_per_gop)
+    record["enhancer_share_of_bytes"] = record["enhancer_bytes"] / max(summary.n_bytes, 1)
+    if config.enhance != "off":
+        kept = sum(1 for b in summary.enhancer_bytes_per_gop if b)
+        print(
+            f"enhancer ({config.enhance}): {record['enhancer_bytes']} bytes in {kept} of "
+            f"{n_gops} GOPs ({100 * record['enhancer_share_of_bytes']:.2f}% of the file; a GOP "
+            "keeps a record only where D + lambda R pays)",
+            file=out,
+        )
     if args.json:
-        _write_json_atomically(Path(args.json), summary.__dict__)
+        if args.output == STDIO:
+            record["quality"] = None
+            record["quality_note"] = "not measured: the .gsv went to stdout"
+        else:
+            record.update(_measure_written(path, Path(args.output), start, out))
+        _write_json_atomically(Path(args.json), record)
     return 0
+
+
+def _measure_written(source: Path, gsv: Path, start: int, out: IO[str]) -> dict[str, Any]:
+    """Quality of what was written, decoded GOP by GOP against the source from frame ``start``:
+    ``quality`` (the decoder's output, enhanced where a GOP carries a record) and
+    ``quality_no_enhance`` (the raw Gaussian output; the same figures when no GOP has a record),
+    each PSNR, MS-SSIM (``ssim_label`` says SSIM on frames too small), DSS and HaarPSI."""
+    import itertools
+
+    import numpy as np
+
+    from codec.bitstream import unpack_gop_enhanced
+    from codec.container import ContainerReader
+    from codec.enhance import apply_enhancer
+    from codec.gop import decode_gop
+    from codec.metrics import QualityMeter
+    from codec.video import iter_frames
+
+    meter, plain_meter = QualityMeter(), QualityMeter()
+    with ContainerReader(gsv) as reader:
+        end = start + reader.n_frames
+        frames = itertools.islice(iter_frames(source, end), start, None)
+        any_record = False
+        for pos, entry in enumerate(reader.gops):
+            payload = reader.read_gop(pos)
+            record = unpack_gop_enhanced(payload)[2]
+            plain = decode_gop(payload, enhance=False)
+            orig = np.stack(list(itertools.islice(frames, entry.n_frames)))
+            plain_meter.add(orig, plain)
+            meter.add(orig, apply_enhancer(record, plain) if record else plain)
+            any_record = any_record or bool(record)
+    quality = meter.summary()
+    plain_quality = plain_meter.summary()
+    perceptual = (
+        f", DSS {quality['dss']:.4f}, HaarPSI {quality['haarpsi']:.4f}"
+        if quality["dss"] is not None
+        else " (DSS, HaarPSI: frames under 32 px)"
+    )
+    enhanced = (
+        f"; without the enhancer PSNR {plain_quality['psnr_db']:.2f} dB" if any_record else ""
+    )
+    print(
+        f"quality of the written file: PSNR {quality['psnr_db']:.2f} dB, "
+        f"{quality['ssim_label']} {quality['ms_ssim']:.4f}{perceptual}{enhanced}",
+        file=out,
+    )
+    return {"quality": quality, "quality_no_enhance": plain_quality}
 
 
 def _limits(args: argparse.Namespace) -> Any:
@@ -384,14 +460,14 @@ def _cmd_decode(args: argparse.Namespace) -> int:
         if args.output == STDIO:
             frames = iter_decoded(
                 source, start, count, limits=limits, salvage=args.salvage, damage=damage,
-                reader=reader,
+                reader=reader, enhance=args.enhance,
             )  # fmt: skip
             fps = Fraction(h.fps_num, h.fps_den)
             n = write_y4m_stream(sys.stdout.buffer, frames, h.width, h.height, fps)
         else:
             n = decode_video(
                 source, args.output, start_frame=start, n_frames=count, limits=limits,
-                salvage=args.salvage, damage=damage, reader=reader,
+                salvage=args.salvage, damage=damage, reader=reader, enhance=args.enhance,
             )  # fmt: skip
     except BitstreamError as exc:
         hint = (
@@ -405,6 +481,14 @@ def _cmd_decode(args: argparse.Namespace) -> int:
             else "no output was written"
         )
         raise BitstreamError(f"{args.input}: {exc}; {result}{hint}") from None
+    except CodecError as exc:
+        from codec.enhance.weights import EnhancerWeightsError  # torch is loaded by now
+
+        if isinstance(exc, EnhancerWeightsError):
+            raise EnhancerWeightsError(
+                f"{args.input}: {exc}; --no-enhance decodes the raw Gaussian output without them"
+            ) from None
+        raise
     seconds = time.perf_counter() - begin
     name = "stdout" if args.output == STDIO else args.output
     print(
@@ -423,9 +507,13 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 
 
 def gsv_info(source: Any) -> dict[str, Any]:
-    """What ``info`` shows: header, duration, bitrate, GOPs with their frame kinds, damage."""
-    from codec.bitstream import FrameKind, unpack_gop
+    """What ``info`` shows: header, duration, bitrate, GOPs with their frame kinds and enhancer
+    records (bytes, kind, strength; GOP formats before 6 have none), the enhancer's share of the
+    file, damage."""
+    from codec.bitstream import FrameKind, unpack_gop_enhanced
     from codec.container import open_gsv
+    from codec.enhance.model import N_MOD
+    from codec.enhance.record import decode_record
 
     reader, known = open_gsv(source, salvage=True)
     h = reader.header
@@ -443,13 +531,21 @@ def gsv_info(source: Any) -> dict[str, Any]:
             "bytes": g.length,
         }
         try:
-            header, records = unpack_gop(reader.read_gop(pos))
+            header, records, enhancer = unpack_gop_enhanced(reader.read_gop(pos))
             if header.n_frames != g.n_frames:
                 raise BitstreamError(
                     f"GOP header says {header.n_frames} frames, the index {g.n_frames}"
                 )
+            rec = decode_record(enhancer, N_MOD) if enhancer else None
             row["gop_format"] = header.version
             row["kinds"] = "".join("IPS"[int(k)] for k, _ in records)
+            row["enhancer_bytes"] = len(enhancer)
+            if rec is not None:
+                row["enhancer"] = {
+                    "kind": "base" if rec.levels is None else "modulated",
+                    "t": round(rec.t, 3),
+                    "model_tag": f"{rec.model_tag:04x}",
+                }
             for k, _ in records:
                 kinds_total[names[k]] += 1
         except BitstreamError as exc:
@@ -458,6 +554,7 @@ def gsv_info(source: Any) -> dict[str, Any]:
             damage.append(f"GOP {g.index} (frames {g.first_frame}..{last}): {exc}")
         gops.append(row)
     duration = reader.n_frames * h.fps_den / h.fps_num
+    enhancer_bytes = sum(int(g.get("enhancer_bytes", 0)) for g in gops)
     return {
         "file": "-" if isinstance(source, bytes) else str(source),
         "bytes": size,
@@ -472,6 +569,10 @@ def gsv_info(source: Any) -> dict[str, Any]:
         "frame_kinds": kinds_total,
         "bits_per_pixel": size * 8 / max(h.width * h.height * reader.n_frames, 1),
         "codec_params": h.codec_params,
+        # enhancer records (their bytes, not the 1-byte empty field of a GOP without one)
+        "enhancer_bytes": enhancer_bytes,
+        "enhancer_share_of_bytes": enhancer_bytes / size if size else 0.0,
+        "gops_enhanced": sum(1 for g in gops if g.get("enhancer_bytes")),
         "gops": gops,
         "damage": damage,
     }
@@ -495,9 +596,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
             f"{info['bits_per_pixel']:.4f} bpp, {info['n_gops']} GOPs; frames: {k['I']} I, "
             f"{k['P']} P, {k['scene-cut I']} scene-cut I"
         )
+        print(
+            f"  enhancer: {info['enhancer_bytes']} bytes in {info['gops_enhanced']} of "
+            f"{info['n_gops']} GOPs ({100 * info['enhancer_share_of_bytes']:.2f}% of the file)"
+        )
         for g in info["gops"]:
             last = g["first_frame"] + g["frames"] - 1
             what = g.get("kinds") or f"DAMAGED: {g['damaged']}"
+            enh = g.get("enhancer")
+            if enh:
+                what += f", enhancer {g['enhancer_bytes']} B ({enh['kind']}, t {enh['t']:.3f})"
             print(
                 f"  GOP {g['index']:4d}: frames {g['first_frame']}..{last}, "
                 f"{g['bytes']} bytes at {g['offset']}: {what}"
@@ -591,7 +699,31 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument(
         "--p-iters", type=int, default=None, help="P-frame iteration cap (overrides the preset)"
     )
-    enc.add_argument("--json", default=None, help="also write the summary as JSON here")
+    enh = enc.add_mutually_exclusive_group()
+    enh.add_argument(
+        "--enhance",
+        dest="enhance",
+        action="store_const",
+        const="on",
+        default=None,
+        help="send the post-decoding enhancer (strength plus per-GOP modulation) in each GOP "
+        "where D + lambda R says it pays; --set enhance=base for the strength alone. Default: "
+        "the preset's setting, which is off in every preset while the shipped weights are a "
+        "short training run that does not yet beat plain decoding (codec/enhance/README.md)",
+    )
+    enh.add_argument(
+        "--no-enhance",
+        dest="enhance",
+        action="store_const",
+        const="off",
+        help="no enhancer records (the preset default today)",
+    )
+    enc.add_argument(
+        "--json",
+        default=None,
+        help="also write the summary as JSON here; it decodes the written file to add PSNR, "
+        "MS-SSIM (SSIM on frames under 161 px), DSS and HaarPSI, with and without the enhancer",
+    )
     enc.add_argument("--quiet", action="store_true", help="no progress bar")
     enc.set_defaults(func=_cmd_encode)
 
@@ -609,6 +741,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--salvage",
         action="store_true",
         help="decode every intact GOP of a damaged file, list the damaged ones, exit 1",
+    )
+    dec.add_argument(
+        "--no-enhance",
+        dest="enhance",
+        action="store_false",
+        help="skip GOPs' enhancer records: the raw Gaussian output (default: apply them)",
     )
     dec.add_argument(
         "--memory-budget",

@@ -26,6 +26,15 @@ bitstream carries the fitted positions, so the decoder needs no flow).
 
 PSNR is measured as in MEASURING.md: the rendering clamped to [0, 1] and rounded
 to 8 bits, against the frame. Everything is deterministic for a given generator.
+
+Each step evaluates an :class:`_Objective`. On the fused C++ backend with the plain squared
+error (every preset's fits, QAT's straight-through quantisation included) it needs no
+autograd: the backend's ``render_vjp`` gives the picture and a pullback that returns the rows' gradients
+(conic chain rule and scatter in C++), one C++ pass gives the loss, the 8-bit PSNR, the
+P-frame's unresolved-pixel count and d loss / d picture, and the rate term's gradient is
+written out. At 176x144 the autograd graph's bookkeeping had cost more than the kernel
+(BENCHMARKS.md, "Encode and decode speed on the CPU"). Other backends, SSIM losses and GPU
+fits keep autograd; tests/codec/test_fit_objective.py holds the two ways to each other.
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ from codec.config import FitConfig
 from codec.densify import plan_densify
 from codec.errors import CodecConfigError
 from codec.gaussians import MIN_CHOL_DIAG, Gaussians
-from codec.render.base import RenderBackend
+from codec.render.base import GradBackend, RenderBackend
 
 FakeQuant = Callable[[Gaussians], Gaussians]
 
@@ -223,17 +232,20 @@ class _Adam:
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
 
-    def step(self, lrs: list[float]) -> None:
-        """One update of every parameter that has a gradient, with learning rates ``lrs``."""
+    def step(self, grads: list[Tensor | None], lrs: list[float]) -> None:
+        """One update of every parameter whose gradient in ``grads`` is not None, with learning
+        rates ``lrs``."""
         self.steps += 1
         bc1 = 1.0 - self.b1**self.steps
         bc2_sqrt = math.sqrt(1.0 - self.b2**self.steps)
         with torch.no_grad():
-            for p, m, v, lr in zip(self.params, self.exp_avg, self.exp_avg_sq, lrs, strict=True):
-                if p.grad is None:
+            for p, g, m, v, lr in zip(
+                self.params, grads, self.exp_avg, self.exp_avg_sq, lrs, strict=True
+            ):
+                if g is None:
                     continue
-                m.lerp_(p.grad, 1.0 - self.b1)
-                v.mul_(self.b2).addcmul_(p.grad, p.grad, value=1.0 - self.b2)
+                m.lerp_(g, 1.0 - self.b1)
+                v.mul_(self.b2).addcmul_(g, g, value=1.0 - self.b2)
                 denom = (v.sqrt() / bc2_sqrt).add_(self.eps)
                 p.addcdiv_(m, denom, value=-lr / bc1)
 
@@ -277,11 +289,9 @@ class _RowOptimizer:
             self.xy.detach().clone(), self.chol.detach().clone(), self.rgb.detach().clone()
         )
 
-    def step(self, loss: Tensor, lr_factor: float, height: int, width: int) -> None:
-        for p in self.params:
-            p.grad = None
-        loss.backward()
-        self.opt.step([lr * lr_factor for lr in self.base_lrs])
+    def step(self, grads: list[Tensor | None], lr_factor: float, height: int, width: int) -> None:
+        """One Adam step along ``grads`` (xy, chol, rgb), then back onto the valid set."""
+        self.opt.step(grads, [lr * lr_factor for lr in self.base_lrs])
         with torch.no_grad():  # project back onto the valid set
             self.chol[:, 0].clamp_(min=MIN_CHOL_DIAG)
             self.chol[:, 2].clamp_(min=MIN_CHOL_DIAG)
@@ -294,6 +304,147 @@ class _RowOptimizer:
         kept = self.rows().detach().index(keep)
         self._make(Gaussians.cat([kept, new.to(kept.device)]))
         self.opt.carry_over(old, keep)
+
+
+@dataclass
+class _RateTerm:
+    """The P-frame loss's rate term: ``sum(|channels(rows[:n]) - start| * cost)`` (see
+    :func:`_quant_channels`), the cost of moving the first ``n`` rows away from the reference."""
+
+    start: Tensor  # [n, 8] the rows' channels before the fit
+    cost: Tensor  # [8] or [n, 8] loss per unit of change
+
+    def moved(self, rows: Gaussians) -> Tensor:
+        """[n, 8] how far the first n rows moved from the start, in channel units."""
+        return _quant_channels(rows, int(self.start.shape[0])) - self.start
+
+    def value(self, rows: Gaussians, moved: Tensor | None = None) -> Tensor:
+        m = self.moved(rows) if moved is None else moved
+        return (m.abs() * self.cost).sum()
+
+    def add_grads(
+        self, rows: Gaussians, moved: Tensor, g_xy: Tensor, g_chol: Tensor, g_rgb: Tensor
+    ) -> None:
+        """Add d value / d rows to the gradients (in place), as autograd through :meth:`value`;
+        ``moved`` is ``channels(rows[:n]) - start`` [n, 8]."""
+        n = int(self.start.shape[0])
+        if n == 0:
+            return
+        with torch.no_grad():
+            s = moved.sign() * self.cost  # [n, 8]
+            diag = rows.chol[:n][:, [0, 2]]
+            dlog = (diag >= MIN_CHOL_DIAG).to(diag.dtype) / diag.clamp(min=MIN_CHOL_DIAG)
+            g_xy[:n] += s[:, 0:2]
+            g_chol[:n, 0] += s[:, 2] * dlog[:, 0]
+            g_chol[:n, 1] += s[:, 3]
+            g_chol[:n, 2] += s[:, 4] * dlog[:, 1]
+            g_rgb[:n] += s[:, 5:8]
+
+
+@dataclass
+class _Eval:
+    """One evaluation of a fit's objective at the optimiser's current rows."""
+
+    img: Tensor  # [H, W, 3] the whole picture (static part included), detached
+    loss: float
+    psnr_db: float
+    n_unresolved: int  # pixels of the objective's `changed` mask still unresolved (0 without one)
+    grads: Callable[[], list[Tensor | None]]  # d loss / d (xy, chol, rgb) of the rows
+
+
+class _Objective:
+    """The fit's loss (MSE, or MSE and SSIM, plus an optional rate term) of the picture
+    ``static + render(fake_quant(rows.clamped()))`` against ``target``, with the loop's
+    statistics: PSNR and the pixels of ``changed`` still unresolved at ``threshold``.
+
+    With a :class:`GradBackend` on the CPU and plain MSE (every preset's fits) the gradient comes from the backend's pullback and closed-form chain rules, one C++ pass
+    computes the statistics, and no autograd graph is built; otherwise autograd does it all. The
+    two agree up to float rounding (tests/codec/test_fit_objective.py).
+    """
+
+    def __init__(
+        self,
+        target: Tensor,
+        backend: RenderBackend,
+        cfg: FitConfig,
+        *,
+        static: Tensor | None = None,
+        fake_quant: FakeQuant | None = None,
+        changed: Tensor | None = None,
+        threshold: float = 0.0,
+        rate: _RateTerm | None = None,
+    ) -> None:
+        self.target, self.backend, self.cfg = target, backend, cfg
+        self.h, self.w = int(target.shape[0]), int(target.shape[1])
+        self.static, self.fake_quant = static, fake_quant
+        self.changed, self.threshold, self.rate = changed, threshold, rate
+        self.fused = (
+            isinstance(backend, GradBackend)
+            and cfg.ssim_weight <= 0.0
+            and target.device.type == "cpu"
+        )
+
+    def _shown(self, rows: Gaussians) -> Gaussians:
+        g = rows.clamped()
+        return self.fake_quant(g) if self.fake_quant is not None else g
+
+    def __call__(self, rows: Gaussians) -> _Eval:
+        """Evaluate at ``rows`` (the optimiser's leaves)."""
+        return self._fused(rows) if self.fused else self._autograd(rows)
+
+    def _autograd(self, rows: Gaussians) -> _Eval:
+        if len(rows) == 0 and self.static is not None:
+            img = self.static
+        else:
+            img = self.backend.render(self._shown(rows), self.h, self.w)
+            if self.static is not None:
+                img = self.static + img
+        shown = img.detach()
+        n_unresolved = 0
+        if self.changed is not None:
+            still = unresolved_mask(self.target, shown, self.threshold) & self.changed
+            n_unresolved = int(still.sum())
+        loss = _loss(img, self.target, self.cfg.ssim_weight)
+        if self.rate is not None:
+            loss = loss + self.rate.value(rows)
+        params = [rows.xy_px, rows.chol, rows.rgb]
+
+        def grads() -> list[Tensor | None]:
+            if not loss.requires_grad:
+                return [None, None, None]
+            got = torch.autograd.grad(loss, params, allow_unused=True)
+            return list(got)
+
+        return _Eval(shown, float(loss.detach()), psnr_of(shown, self.target), n_unresolved, grads)
+
+    def _fused(self, rows: Gaussians) -> _Eval:
+        backend = self.backend
+        assert isinstance(backend, GradBackend)
+        rows = rows.detach()
+        with torch.no_grad():
+            part, vjp = backend.render_vjp(self._shown(rows), self.h, self.w)
+            img = part if self.static is None else self.static + part
+            sse, sse8, n_unresolved, grad_img = backend.residual_stats(
+                img, self.target, self.changed, self.threshold
+            )
+            n_values = 3 * self.h * self.w
+            loss = sse / n_values
+            moved = None
+            if self.rate is not None:
+                moved = self.rate.moved(rows)
+                loss += float(self.rate.value(rows, moved))
+        psnr = 10.0 * math.log10(255.0**2 * n_values / sse8) if sse8 > 0 else float("inf")
+
+        def grads() -> list[Tensor | None]:
+            g_xy, g_chol, g_rgb = vjp(grad_img)
+            with torch.no_grad():  # clamped(): the gradient passes where l >= MIN_CHOL_DIAG
+                for col in (0, 2):
+                    g_chol[:, col] *= (rows.chol[:, col] >= MIN_CHOL_DIAG).to(g_chol.dtype)
+            if self.rate is not None and moved is not None:
+                self.rate.add_grads(rows, moved, g_xy, g_chol, g_rgb)
+            return [g_xy, g_chol, g_rgb]
+
+        return _Eval(img, loss, psnr, n_unresolved, grads)
 
 
 def _default_generator(generator: torch.Generator | None) -> torch.Generator:
@@ -413,24 +564,22 @@ def fit_iframe(
     history: list[float] = []
     best_psnr, best = -math.inf, opt.snapshot()
     densify_stop = int(cfg.densify_until_frac * cfg.iframe_iters)
+    objective = _Objective(target, backend, cfg, fake_quant=fake_quant)
     it = 0
     while True:
-        g = opt.rows().clamped()
-        img = backend.render(fake_quant(g) if fake_quant is not None else g, h, w)
-        psnr = psnr_of(img.detach(), target)
+        ev = objective(opt.rows())
+        psnr = ev.psnr_db
         history.append(psnr)
         if psnr > best_psnr:
             best_psnr, best = psnr, opt.snapshot()
         if psnr >= cfg.target_psnr_db or it >= cfg.iframe_iters:
             break
-        loss = _loss(img, target, cfg.ssim_weight)
-        loss_value = float(loss.detach())
-        if stop.update(loss_value) and (not cfg.densify or it > densify_stop):
+        if stop.update(ev.loss) and (not cfg.densify or it > densify_stop):
             break
-        opt.step(loss, sched.factor(it, loss_value), h, w)
+        opt.step(ev.grads(), sched.factor(it, ev.loss), h, w)
         it += 1
         if cfg.densify and it % cfg.densify_every == 0 and it <= densify_stop:
-            _densify(opt, img.detach(), target, n_max, cfg, gen, backend)
+            _densify(opt, ev.img, target, n_max, cfg, gen, backend)
     return FitResult(gaussians=best, iters=it, psnr_db=best_psnr, history=history)
 
 
@@ -616,37 +765,44 @@ def fit_pframe(
     added = False
     best_psnr, best = -math.inf, opt.snapshot()
     it = 0
+    rate = None  # rate term: cost per unit of change of the touched rows
+    if delta_cost is not None and n_touched:
+        rate = _RateTerm(start_channels, delta_cost)
+    objective = _Objective(
+        target,
+        backend,
+        cfg,
+        static=assemble.static,
+        fake_quant=fake_quant,
+        changed=changed,
+        threshold=cfg.pframe_threshold,
+        rate=rate,
+    )
     while True:
-        img = assemble.render(opt.rows())
-        psnr = psnr_of(img.detach(), target)
+        ev = objective(opt.rows())
+        psnr, img = ev.psnr_db, ev.img
         if psnr > best_psnr:
             best_psnr, best = psnr, opt.snapshot()
-        still = unresolved_mask(target, img.detach(), cfg.pframe_threshold) & changed
-        if it >= cfg.pframe_iters or psnr >= cfg.target_psnr_db or int(still.sum()) < min_changed:
+        if it >= cfg.pframe_iters or psnr >= cfg.target_psnr_db or ev.n_unresolved < min_changed:
             break
         if not added and it >= add_at and max_new > 0:
             added = True
-            missing = unresolved_mask(target, img.detach(), cfg.pframe_new_threshold) & changed
+            missing = unresolved_mask(target, img, cfg.pframe_new_threshold) & changed
             n_missing = int(missing.sum())
             if n_missing >= min_changed:
                 m = min(max_new, math.ceil(n_missing / px_per_gaussian))
-                new = seed_from_residual(target - img.detach(), missing, m, gen)
+                new = seed_from_residual(target - img, missing, m, gen)
                 opt.restructure(torch.arange(len(opt), device=ref.device), new)
                 stop.reset()
                 continue  # `best` may keep fewer rows: then the seeds did not help and are dropped
         if len(opt) == 0:
             break  # nothing touches the change and nothing could be added
-        loss = _loss(img, target, cfg.ssim_weight)
-        if delta_cost is not None and n_touched:
-            moved = _quant_channels(opt.rows(), n_touched) - start_channels
-            loss = loss + (moved.abs() * delta_cost).sum()  # rate term: cost per unit of change
-        loss_value = float(loss.detach())
-        if stop.update(loss_value):
+        if stop.update(ev.loss):
             if added or max_new <= 0:
                 break
             add_at = it  # the touched rows stalled before the seeding point: seed now
             stop.reset()
-        opt.step(loss, sched.factor(it, loss_value), h, w)
+        opt.step(ev.grads(), sched.factor(it, ev.loss), h, w)
         it += 1
     out = assemble(best).detach()
     n_added = len(best) - int(touched.numel())

@@ -11,17 +11,14 @@
 - bpp: bytes * 8 / (width * height * frames).
 - BD-rate: Bjontegaard delta rate, cubic fit of log-rate against PSNR, integrated
   over the PSNR interval both curves cover; never extrapolated.
-- Perceptual (:func:`perceptual_metrics`): DSS and HaarPSI from ``piq`` on RGB in
-  [0, 1] (higher is better, 1 = identical), means over frames; both need no
-  downloaded weights.
+- Perceptual (:func:`perceptual_metrics`): DSS and HaarPSI (``codec.perceptual``,
+  written from their papers; they agree with ``piq`` 0.8.0) on RGB in [0, 1]
+  (higher is better, 1 = identical), means over frames; both need no weights.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-import types
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +30,7 @@ from pytorch_msssim import ms_ssim as _ms_ssim
 from pytorch_msssim import ssim as _ssim
 
 from codec.errors import CodecConfigError
+from codec.perceptual import dss, haarpsi
 
 PERCEPTUAL_MIN_SIDE = 32  # smaller frames get None for DSS and HaarPSI
 
@@ -187,41 +185,70 @@ def bd_rate(
     return float((math.exp(mean_diff) - 1.0) * 100.0)
 
 
-def _piq_functions() -> tuple[Any, Any]:
-    """(piq.dss, piq.haarpsi), imported without ``piq/__init__.py``.
-
-    piq's package import pulls in its learned metrics (LPIPS, DISTS, FID, ...) and with them
-    torchvision, whose operators do not load beside the CPU build of torch this project pins
-    (``torchvision::nms does not exist``). DSS and HaarPSI need only torch, so their modules are
-    imported under a bare ``piq`` package object that has piq's own search path; a process that
-    already imported the real piq uses it.
-    """
-    if "piq" not in sys.modules:
-        spec = importlib.util.find_spec("piq")
-        if spec is None or not spec.submodule_search_locations:
-            raise CodecConfigError("perceptual metrics need the 'piq' package (pip install piq)")
-        pkg = types.ModuleType("piq")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        sys.modules["piq"] = pkg
-    import piq.dss
-    import piq.haarpsi
-
-    return piq.dss.dss, piq.haarpsi.haarpsi
+def _perceptual_per_frame(orig: np.ndarray, recon: np.ndarray) -> dict[str, list[float]]:
+    """Per-frame DSS and HaarPSI of uint8 clips ``[T, H, W, 3]`` (sides >= PERCEPTUAL_MIN_SIDE)."""
+    vals: dict[str, list[float]] = {"dss": [], "haarpsi": []}
+    with torch.no_grad():
+        for s in range(0, orig.shape[0], _MS_SSIM_BATCH):
+            x = _to_nchw01(recon[s : s + _MS_SSIM_BATCH])
+            y = _to_nchw01(orig[s : s + _MS_SSIM_BATCH])
+            vals["dss"] += dss(x, y).tolist()
+            vals["haarpsi"] += haarpsi(x, y).tolist()
+    return vals
 
 
 def perceptual_metrics(orig: np.ndarray, recon: np.ndarray) -> dict[str, float | None]:
-    """Mean DSS and HaarPSI (piq; 1 = identical) of uint8 clips ``[T, H, W, 3]`` (or one frame
-    ``[H, W, 3]``), 4 decimals; None for frames whose shorter side is below PERCEPTUAL_MIN_SIDE."""
+    """Mean DSS and HaarPSI (codec.perceptual; 1 = identical) of uint8 clips ``[T, H, W, 3]``
+    (or one frame ``[H, W, 3]``), 4 decimals; None for frames whose shorter side is below
+    PERCEPTUAL_MIN_SIDE."""
     _check_pair(orig, recon, "perceptual_metrics")
     a = orig[None] if orig.ndim == 3 else orig
     b = recon[None] if recon.ndim == 3 else recon
     if min(a.shape[1:3]) < PERCEPTUAL_MIN_SIDE:
         return {"dss": None, "haarpsi": None}
-    dss, haarpsi = _piq_functions()
-    vals: dict[str, list[float]] = {"dss": [], "haarpsi": []}
-    with torch.no_grad():
-        for s in range(0, a.shape[0], _MS_SSIM_BATCH):
-            x, y = _to_nchw01(b[s : s + _MS_SSIM_BATCH]), _to_nchw01(a[s : s + _MS_SSIM_BATCH])
-            vals["dss"] += dss(x, y, data_range=1.0, reduction="none").tolist()
-            vals["haarpsi"] += haarpsi(x, y, data_range=1.0, reduction="none").tolist()
+    vals = _perceptual_per_frame(a, b)
     return {k: round(float(np.mean(v)), 4) for k, v in vals.items()}
+
+
+class QualityMeter:
+    """Quality of a clip measured chunk by chunk (a GOP at a time, so a long clip is never held
+    whole): frame-weighted means of PSNR, MS-SSIM (SSIM on small frames) and, where frames are
+    large enough, DSS and HaarPSI."""
+
+    def __init__(self) -> None:
+        self._per_frame: dict[str, list[float]] = {"psnr_db": [], "ms_ssim": []}
+        self._perceptual: dict[str, list[float]] | None = {"dss": [], "haarpsi": []}
+        self._ssim_fallback = False
+
+    def add(self, orig: np.ndarray, recon: np.ndarray) -> None:
+        """Add the frames of one chunk: uint8 ``[T, H, W, 3]`` source and reconstruction."""
+        m = clip_metrics(orig, recon)
+        self._per_frame["psnr_db"] += m["psnr_db_per_frame"]
+        self._per_frame["ms_ssim"] += m["ms_ssim_per_frame"]
+        self._ssim_fallback = self._ssim_fallback or m["ms_ssim_is_ssim"]
+        if self._perceptual is None or min(orig.shape[1:3]) < PERCEPTUAL_MIN_SIDE:
+            self._perceptual = None
+        else:
+            for k, v in _perceptual_per_frame(orig, recon).items():
+                self._perceptual[k] += v
+
+    @property
+    def n_frames(self) -> int:
+        return len(self._per_frame["psnr_db"])
+
+    def summary(self) -> dict[str, Any]:
+        """``psnr_db`` (2 decimals), ``ms_ssim`` and ``ssim_label`` ("MS-SSIM", or "SSIM" when
+        the frames were too small), ``dss`` and ``haarpsi`` (4 decimals; None for small frames),
+        ``n_frames``."""
+        if not self.n_frames:
+            raise CodecConfigError("QualityMeter.summary: no frames were added")
+        out: dict[str, Any] = {
+            "psnr_db": round(float(np.mean(self._per_frame["psnr_db"])), 2),
+            "ms_ssim": round(float(np.mean(self._per_frame["ms_ssim"])), 4),
+            "ssim_label": ssim_label(self._ssim_fallback),
+        }
+        for k in ("dss", "haarpsi"):
+            vals = None if self._perceptual is None else self._perceptual[k]
+            out[k] = round(float(np.mean(vals)), 4) if vals else None
+        out["n_frames"] = self.n_frames
+        return out

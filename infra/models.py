@@ -190,6 +190,10 @@ class Job(Base):
     phase: Mapped[JobPhase | None] = mapped_column(Enum(JobPhase, name="job_phase"))
     gops_total: Mapped[int | None] = mapped_column(Integer)
     gops_done: Mapped[int] = mapped_column(Integer, default=0)
+    # frames to encode (known once probed) and frames encoded so far, partly encoded GOPs
+    # included (the runner writes it as GOP tasks report, workers/tasks.py; migration 0005)
+    frames_total: Mapped[int | None] = mapped_column(Integer)
+    frames_done: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     error_code: Mapped[str | None] = mapped_column(String(64))

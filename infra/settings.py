@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = 10.0
     max_attempts: int = 3
     poll_seconds: float = 1.0
+    # a runner writes a job's frames done (progress within GOPs) at most this often
+    progress_write_seconds: float = Field(default=1.0, ge=0, le=3600)
 
     # callbacks: the SSRF guard (infra/callback_urls.py). By default callbacks go only to
     # publicly routable addresses, checked at submit and again at delivery.

@@ -176,8 +176,8 @@ class JobPublic(BaseModel):
     status: JobStatus
     phase: JobPhase | None = Field(description="what a running job is doing; null otherwise")
     progress_percent: float = Field(
-        description="0..100: each phase starts at a fixed point, encoding moves with the GOPs "
-        "done; 100 once succeeded"
+        description="0..100: each phase starts at a fixed point, encoding moves with the frames "
+        "encoded (frames of GOPs still being encoded count too); 100 once succeeded"
     )
     input: str
     preset: str
@@ -201,6 +201,11 @@ class JobPublic(BaseModel):
     schedule_id: uuid.UUID | None
     gops_total: int | None
     gops_done: int
+    frames_total: int | None = Field(description="frames the job encodes; null until probed")
+    frames_done: int = Field(
+        description="frames encoded so far, partly encoded GOPs included (updated about once "
+        "a second while encoding)"
+    )
     attempts: int
     max_attempts: int
     cancel_requested: bool
@@ -238,6 +243,8 @@ class JobPublic(BaseModel):
             schedule_id=job.schedule_id,
             gops_total=job.gops_total,
             gops_done=job.gops_done,
+            frames_total=job.frames_total,
+            frames_done=job.frames_done or 0,
             attempts=job.attempts,
             max_attempts=job.max_attempts,
             cancel_requested=job.cancel_requested,
@@ -254,8 +261,9 @@ class JobPublic(BaseModel):
 
 
 # where each phase starts on the 0..100 progress scale; encoding spans ENCODING_START ..
-# PHASE_START["assembling"] in proportion to GOPs done, so a job moves through every phase
-# (a one-GOP job too) and never goes backwards
+# PHASE_START["assembling"] in proportion to the work done (frames encoded, or GOPs done for
+# rows without a frame count), so a job moves through every phase and within a GOP (a one-GOP
+# job too) and never goes backwards
 PHASE_START: dict[JobPhase, float] = {
     JobPhase.probing: 0.0,
     JobPhase.encoding: 5.0,
@@ -265,24 +273,43 @@ PHASE_START: dict[JobPhase, float] = {
 }
 
 
+def done_share(
+    gops_done: int, gops_total: int | None, frames_done: int, frames_total: int | None
+) -> float:
+    """0..1: the larger of frames encoded over frames and GOPs done over GOPs (the frame count
+    is written throttled, so it may lag a GOP that just finished; rows before migration 0005
+    have GOPs only)."""
+    gops = min(1.0, gops_done / gops_total) if gops_total else 0.0
+    frames = min(1.0, frames_done / frames_total) if frames_total else 0.0
+    return max(gops, frames)
+
+
 def progress_percent(
-    status: JobStatus, phase: JobPhase | None, gops_done: int, gops_total: int | None
+    status: JobStatus,
+    phase: JobPhase | None,
+    gops_done: int,
+    gops_total: int | None,
+    frames_done: int = 0,
+    frames_total: int | None = None,
 ) -> float:
     """100 when succeeded; while running, the phase's start, plus within encoding the share of
-    GOPs done; else (queued, failed, canceled) GOPs done over total, as far as it got."""
+    work done (:func:`done_share`); else (queued, failed, canceled) that share, as far as it
+    got."""
     encode_span = PHASE_START[JobPhase.assembling] - PHASE_START[JobPhase.encoding]
-    done_share = min(1.0, gops_done / gops_total) if gops_total else 0.0
+    share = done_share(gops_done, gops_total, frames_done, frames_total)
     if status == JobStatus.succeeded:
         return 100.0
     if status == JobStatus.running and phase is not None:
         if phase == JobPhase.encoding:
-            return round(PHASE_START[phase] + encode_span * done_share, 1)
+            return round(PHASE_START[phase] + encode_span * share, 1)
         return PHASE_START[phase]
-    return round(100.0 * done_share, 1)
+    return round(100.0 * share, 1)
 
 
 def job_progress_percent(job: Job) -> float:
-    return progress_percent(job.status, job.phase, job.gops_done, job.gops_total)
+    return progress_percent(
+        job.status, job.phase, job.gops_done, job.gops_total, job.frames_done or 0, job.frames_total
+    )
 
 
 class JobsPage(BaseModel):

@@ -123,7 +123,8 @@ class VerifyReport:
     ms_ssim_used_ssim_fallback: bool  # frames too small for 5 scales use single-scale SSIM
     decode_seconds: float
     per_gop: list[dict[str, float]] = field(default_factory=list)  # index, psnr_db, ms_ssim
-    dss: float | None = None  # piq DSS / HaarPSI of the delivered output (None: frames too small)
+    # DSS / HaarPSI (codec.perceptual) of the delivered output (None: frames too small)
+    dss: float | None = None
     haarpsi: float | None = None
     # the enhancer (codec/enhance): record bytes over all GOPs, GOPs that carry one, and the
     # quality of the raw Gaussian output (decode_gop(..., enhance=False)) beside the delivered one

@@ -276,6 +276,8 @@ def job_payload(job: Any) -> dict[str, Any]:
         "gop": job.gop,
         "gops_total": job.gops_total,
         "gops_done": job.gops_done,
+        "frames_total": job.frames_total,
+        "frames_done": job.frames_done,
         "attempts": job.attempts,
         "error_code": job.error_code,
         "error_message": job.error_message,

@@ -15,10 +15,18 @@ file ``<fault_dir>/gop-<index:06d>`` makes the first attempt at that GOP
 misbehave and is consumed (renamed to ``*.consumed``) on the way, so a retry
 runs normally. Its content picks how: ``raise`` (a retryable
 :class:`TransientGopError`), ``exit`` (the worker process dies, as on a crash
-or OOM kill) or ``sleep <seconds>`` (the task hangs there, to be cancelled or
-to have its runner killed). Every task also writes
+or OOM kill), ``sleep <seconds>`` (the task hangs there, to be cancelled or
+to have its runner killed) or ``hold <frames>`` (the task stops after encoding that
+many frames, their progress reported, until a file ``<fault_dir>/release-<index:06d>``
+appears, at most ``HOLD_LIMIT_S``: tests observe a job part way through a GOP without
+racing the encoder). Every task also writes
 ``<fault_dir>/started-<index:06d>-<pid>-<random>`` when it starts, so tests can find and
 watch the worker process.
+
+Progress within a GOP: :meth:`EncodeGopStage.process` takes a ``progress`` callable that
+gets the number of the GOP's frames encoded so far after every frame (codec's
+``encode_gop_report`` progress hook); the Ray task passes one that reports to the job's
+progress board (``workers/tasks.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +46,9 @@ if TYPE_CHECKING:
     from infra.storage import Storage
 
 GOPS_DIRNAME = "gops"
+HOLD_LIMIT_S = 600.0  # a ``hold`` fault never keeps a task longer than this
+
+FramesDoneFn = Callable[[int], None]  # frames of this GOP encoded so far
 
 
 class TransientGopError(RuntimeError):
@@ -156,25 +167,38 @@ def _consume_marker(path: Path) -> str | None:
     return taken.read_text().strip()
 
 
-def apply_fault(fault_dir: Path | None, index: int) -> None:
-    """Run the injected fault for GOP ``index``, if one is waiting (see module docstring)."""
+def apply_fault(fault_dir: Path | None, index: int) -> int | None:
+    """Run the injected fault for GOP ``index``, if one is waiting (see module docstring);
+    for a ``hold`` fault, return the frame count to hold after (see :func:`hold_here`)."""
     if fault_dir is None:
-        return
+        return None
     fault_dir = Path(fault_dir)
     fault_dir.mkdir(parents=True, exist_ok=True)
     marker = f"started-{index:06d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     (fault_dir / marker).write_text(str(time.time()))
     action = _consume_marker(fault_dir / f"gop-{index:06d}")
     if action is None:
-        return
+        return None
     if action == "raise":
         raise TransientGopError(f"injected transient failure for GOP {index}")
     if action == "exit":
         os._exit(17)
     if action.startswith("sleep"):
         time.sleep(float(action.split()[1]))
-        return
-    raise ValueError(f"unknown fault {action!r} for GOP {index}; use raise, exit or 'sleep N'")
+        return None
+    if action.startswith("hold"):
+        return int(action.split()[1])
+    raise ValueError(
+        f"unknown fault {action!r} for GOP {index}; use raise, exit, 'sleep N' or 'hold N'"
+    )
+
+
+def hold_here(fault_dir: Path, index: int, limit_s: float = HOLD_LIMIT_S) -> None:
+    """Wait (bounded by ``limit_s``) for ``<fault_dir>/release-<index:06d>``: a ``hold`` fault."""
+    release = Path(fault_dir) / f"release-{index:06d}"
+    deadline = time.monotonic() + limit_s
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @dataclass(frozen=True)
@@ -185,7 +209,15 @@ class EncodeGopStage:
     fault_dir: Path | None = None
     device: str = "cpu"  # where the fits run: "cpu", "cuda" or "auto" (codec.gop.resolve_device)
 
-    def process(self, spec: GopSpec, frames: np.ndarray, storage: Storage) -> GopResult:
+    def process(
+        self,
+        spec: GopSpec,
+        frames: np.ndarray,
+        storage: Storage,
+        progress: FramesDoneFn | None = None,
+    ) -> GopResult:
+        """Encode ``frames`` (uint8 [T, H, W, 3]), store the payload, return the stats;
+        ``progress(frames_done)`` is called after each encoded frame."""
         from codec.config import CodecConfig
         from codec.gop import encode_gop_report
 
@@ -194,13 +226,23 @@ class EncodeGopStage:
                 f"GOP {spec.index} expects {spec.n_frames} RGB frames, got an array of "
                 f"shape {tuple(frames.shape)}"
             )
-        apply_fault(self.fault_dir, spec.index)
+        hold_after = apply_fault(self.fault_dir, spec.index)
+
+        def on_frame(done: int, total: int) -> None:
+            if progress is not None:
+                progress(done)
+            if hold_after is not None and done == hold_after and self.fault_dir is not None:
+                hold_here(self.fault_dir, spec.index)
+
         config = CodecConfig.from_dict(self.config)
         start = time.perf_counter()
         if not frames.flags.writeable:  # Ray hands out read-only views of shared memory
             frames = frames.copy()
         result = encode_gop_report(
-            np.ascontiguousarray(frames, dtype=np.uint8), config, device=self.device
+            np.ascontiguousarray(frames, dtype=np.uint8),
+            config,
+            device=self.device,
+            progress=on_frame,
         )
         seconds = time.perf_counter() - start
         try:
@@ -224,7 +266,11 @@ class EncodeGopStage:
 
 
 def encode_gop_in_worker(
-    spec: GopSpec, frames: np.ndarray, config: dict[str, Any], settings: Settings
+    spec: GopSpec,
+    frames: np.ndarray,
+    config: dict[str, Any],
+    settings: Settings,
+    progress: FramesDoneFn | None = None,
 ) -> GopResult:
     """What the Ray task runs: build this worker's storage client, then the stage."""
     from infra.storage import make_storage
@@ -233,4 +279,4 @@ def encode_gop_in_worker(
     # one; quantisation, entropy coding and the reconstruction stay on the CPU either way
     device = "auto" if settings.gop_num_gpus > 0 else "cpu"
     stage = EncodeGopStage(config=config, fault_dir=settings.fault_dir, device=device)
-    return stage.process(spec, frames, make_storage(settings))
+    return stage.process(spec, frames, make_storage(settings), progress)

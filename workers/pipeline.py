@@ -9,6 +9,11 @@ and each GOP's frames go to Ray as they are cut, with a bounded number of
 GOPs in flight, so memory stays flat however long the video is. GOPs a
 previous attempt finished (row in ``job_gops`` and payload in storage with the
 recorded size) are skipped.
+
+Progress: besides GOPs done, the encode phase reports frames done, counting the
+frames GOP tasks still in flight have encoded (``GopExecutor.frames_in_flight``, see
+``workers/tasks.py`` for how they get from the Ray workers to the runner), so a job of
+one long GOP moves too.
 """
 
 from __future__ import annotations
@@ -70,6 +75,10 @@ class JobControl(Protocol):
     def set_phase(self, phase: JobPhase) -> None: ...
 
     def set_gops_total(self, total: int) -> None: ...
+
+    def report_frames(self, done: int, total: int, *, force: bool = False) -> None:
+        """Frames encoded so far of ``total``; may be throttled unless ``force``."""
+        ...
 
     def done_gops(self) -> list[GopRecord]: ...
 
@@ -169,6 +178,7 @@ def encode_phase(
             done[g.index] = g
     if done:
         log.info("job %s: resuming, %d of %d GOPs already done", job.id, len(done), len(plan))
+    control.report_frames(sum(g.n_frames for g in done.values()), plan.n_frames, force=True)
     finished: dict[int, GopRecord] = {}
 
     def collect(results: list[GopResult]) -> None:
@@ -184,6 +194,11 @@ def encode_phase(
                 tuple(r.frames),
             )
             control.record_gop(r)
+
+    def collect_and_report(results: list[GopResult]) -> None:
+        collect(results)
+        frames_done = sum(g.n_frames for g in finished.values()) + executor.frames_in_flight()
+        control.report_frames(frames_done, plan.n_frames, force=bool(results))
 
     executor = GopExecutor(settings, config)
     frames_seen = 0
@@ -208,21 +223,24 @@ def encode_phase(
                 continue
             while executor.full:
                 control.check()
-                collect(executor.wait(poll_s))
+                collect_and_report(executor.wait(poll_s))
             control.check()
             executor.submit(spec, frames)
             del frames
         while executor.in_flight:
             control.check()
-            collect(executor.wait(poll_s))
+            collect_and_report(executor.wait(poll_s))
     except BaseException:
         executor.cancel_all()
         raise
+    finally:
+        executor.close()
     if frames_seen == 0:
         raise JobError("input_empty", "the video has no decodable frames; check the file plays")
     if frames_seen != n_frames:  # the container over-reported its length: trust the stream
         log.warning("job %s: probe said %d frames, decoded %d", job.id, n_frames, frames_seen)
         control.set_gops_total(len(plan_gops(frames_seen, job.gop, job.output_prefix)))
+    control.report_frames(frames_seen, frames_seen, force=True)
     return [finished[i] for i in sorted(finished)], frames_seen
 
 

@@ -30,6 +30,7 @@ import re
 import shutil
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -89,6 +90,8 @@ class JobHandle:
         self.stopping = stopping
         self._hb_stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
+        self._frames_written: tuple[int, int] | None = None  # (done, total) last written
+        self._frames_written_at = 0.0
 
     # fencing -----------------------------------------------------------------
     def _owned(self) -> Any:
@@ -158,6 +161,18 @@ class JobHandle:
     def set_gops_total(self, total: int) -> None:
         self._update(gops_total=total)
 
+    def report_frames(self, done: int, total: int, *, force: bool = False) -> None:
+        """Write ``frames_done`` / ``frames_total`` when they changed, at most once per
+        ``settings.progress_write_seconds`` unless ``force`` (a GOP finished, the phase ends)."""
+        values = (done, total)
+        now = time.monotonic()
+        if values == self._frames_written:
+            return
+        if not force and now - self._frames_written_at < self.settings.progress_write_seconds:
+            return
+        self._update(frames_done=done, frames_total=total)
+        self._frames_written, self._frames_written_at = values, now
+
     def done_gops(self) -> list[GopRecord]:
         with self.session_factory() as s:
             rows = s.scalars(
@@ -196,10 +211,17 @@ class JobHandle:
                 set_={**values, "attempts": JobGop.attempts + 1},
             )
             s.execute(stmt)
-            done = s.scalar(
-                select(func.count()).select_from(JobGop).where(JobGop.job_id == self.job_id)
+            done, frames = s.execute(
+                select(func.count(), func.coalesce(func.sum(JobGop.n_frames), 0)).where(
+                    JobGop.job_id == self.job_id
+                )
+            ).one()
+            # frames of finished GOPs count at once, before the throttled report_frames
+            s.execute(
+                update(Job)
+                .where(Job.id == self.job_id)
+                .values(gops_done=done, frames_done=func.greatest(Job.frames_done, frames))
             )
-            s.execute(update(Job).where(Job.id == self.job_id).values(gops_done=done))
             return int(done or 0)
 
 

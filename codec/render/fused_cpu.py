@@ -22,6 +22,7 @@ from torch.autograd.function import once_differentiable
 
 from codec.gaussians import Gaussians, conic
 from codec.render import cpu_ext
+from codec.render.base import VjpFn
 from codec.render.canonical import drawable_boxes, render_canonical
 from codec.render.torch_tiles import TorchTileBackend, _check_size
 
@@ -98,3 +99,36 @@ class FusedCpuBackend:
     def gaussians_touching(self, g: Gaussians, pixel_mask: Tensor) -> Tensor:
         """Sorted int64 [K] rows of ``g`` whose truncated ellipse covers a True pixel."""
         return self._tiles.gaussians_touching(g, pixel_mask)
+
+    def render_vjp(self, g: Gaussians, height: int, width: int) -> tuple[Tensor, VjpFn]:
+        """The picture of ``g`` (float32 [H, W, 3], bit-identical to :meth:`render`) and a
+        function from d loss / d picture to the gradients of ``g``'s rows (zero for rows that
+        draw nothing), without an autograd graph."""
+        _check_size(height, width)
+        with torch.no_grad():
+            g = g.detach()
+            idx, box = drawable_boxes(self._ext, g, height, width)
+            xy = g.xy_px[idx].float().contiguous()
+            chol = g.chol[idx].float()
+            abc = conic(chol).contiguous()
+            rgb = g.rgb[idx].float().contiguous()
+            img, start, ids = self._ext.render_forward(xy, abc, rgb, box, height, width, True)
+        n = len(g)
+
+        def vjp(grad_img: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            # one C++ call: backward, conic chain rule (conic_vjp), scatter to the N rows
+            grads = self._ext.render_backward_rows(
+                xy, abc, rgb, box, start, ids, grad_img, chol.contiguous(), idx, n
+            )  # [N, 8]
+            return grads[:, 0:2], grads[:, 2:5], grads[:, 5:8]
+
+        return img, vjp
+
+    def residual_stats(
+        self, img: Tensor, target: Tensor, changed: Tensor | None, threshold: float
+    ) -> tuple[float, float, int, Tensor]:
+        """See :class:`codec.render.base.GradBackend` (one C++ pass over the pixels)."""
+        mask = changed if changed is not None else torch.zeros(0, dtype=torch.bool)
+        stats, grad = self._ext.residual_stats(img, target, mask, float(threshold), True)
+        sse, sse8, n_unresolved = stats.tolist()
+        return sse, sse8, int(n_unresolved), grad

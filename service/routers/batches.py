@@ -38,10 +38,15 @@ router = APIRouter(prefix="/batches", tags=["batches"])
 
 def _progress_expression() -> Any:
     """``service.schemas.progress_percent`` in SQL (one job's progress)."""
-    share = case(
+    gops = case(
         (Job.gops_total > 0, func.least(1.0, Job.gops_done / cast(Job.gops_total, Float))),
         else_=0.0,
     )
+    frames = case(
+        (Job.frames_total > 0, func.least(1.0, Job.frames_done / cast(Job.frames_total, Float))),
+        else_=0.0,
+    )
+    share = func.greatest(gops, frames)
     encoding_start = PHASE_START[JobPhase.encoding]
     encode_span = PHASE_START[JobPhase.assembling] - encoding_start
     running = Job.status == JobStatus.running

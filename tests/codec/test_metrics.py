@@ -11,10 +11,12 @@ from codec.errors import CodecConfigError
 from codec.metrics import (
     MS_SSIM_MIN_SIDE,
     PSNR_CAP_DB,
+    QualityMeter,
     bd_rate,
     bits_per_pixel,
     clip_metrics,
     ms_ssim,
+    perceptual_metrics,
     psnr_db,
 )
 
@@ -139,3 +141,37 @@ def test_bd_rate_needs_four_points_and_positive_rates() -> None:
         bd_rate([0.0, *RATES_A[1:]], PSNR_A, RATES_A, PSNR_A)
     with pytest.raises(CodecConfigError, match="equally long"):
         bd_rate(RATES_A, PSNR_A[:4], RATES_A, PSNR_A)
+
+
+def test_perceptual_metrics_means_over_frames_and_none_when_small() -> None:
+    rng = np.random.default_rng(5)
+    orig = rng.integers(40, 200, (3, 40, 48, 3), dtype=np.uint8)
+    same = perceptual_metrics(orig, orig.copy())
+    assert same == {"dss": 1.0, "haarpsi": 1.0}
+    light = np.clip(orig.astype(int) + rng.integers(-6, 7, orig.shape), 0, 255).astype(np.uint8)
+    heavy = np.clip(orig.astype(int) + rng.integers(-60, 61, orig.shape), 0, 255).astype(np.uint8)
+    m_light, m_heavy = perceptual_metrics(orig, light), perceptual_metrics(orig, heavy)
+    assert 0 < m_heavy["dss"] < m_light["dss"] < 1  # type: ignore[operator]
+    assert 0 < m_heavy["haarpsi"] < m_light["haarpsi"] < 1  # type: ignore[operator]
+    one = perceptual_metrics(orig[1], heavy[1])  # one frame [H, W, 3]
+    assert one["dss"] is not None and 0 < one["dss"] < 1
+    assert perceptual_metrics(orig[:, :31], heavy[:, :31]) == {"dss": None, "haarpsi": None}
+
+
+def test_quality_meter_chunks_give_the_whole_clip_means() -> None:
+    rng = np.random.default_rng(6)
+    orig = rng.integers(40, 200, (5, 36, 40, 3), dtype=np.uint8)
+    recon = np.clip(orig.astype(int) + rng.integers(-20, 21, orig.shape), 0, 255).astype(np.uint8)
+    meter = QualityMeter()
+    meter.add(orig[:2], recon[:2])
+    meter.add(orig[2:], recon[2:])
+    whole, perceptual = clip_metrics(orig, recon), perceptual_metrics(orig, recon)
+    s = meter.summary()
+    assert s["n_frames"] == 5 and s["ssim_label"] == "SSIM"
+    assert s["psnr_db"] == whole["psnr_db"] and s["ms_ssim"] == whole["ms_ssim"]
+    assert s["dss"] == perceptual["dss"] and s["haarpsi"] == perceptual["haarpsi"]
+    small = QualityMeter()
+    small.add(orig[:, :20], recon[:, :20])
+    assert small.summary()["dss"] is None and small.summary()["haarpsi"] is None
+    with pytest.raises(CodecConfigError, match="no frames"):
+        QualityMeter().summary()

@@ -11,18 +11,11 @@ the job succeeds; ``keys create`` from another directory finds this server's dat
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,73 +25,8 @@ from frontdoor.client import SplatpackClient
 from infra.serve_state import state_path
 from infra.supervise import is_alive
 from tests.fixtures.s3 import free_port
-from tests.workers.helpers import TINY_CODEC, make_video, wait_for
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-class Serve:
-    """One ``python -m frontdoor serve`` process with its output collected."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "frontdoor", "serve"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        stdout = self.proc.stdout
-        assert stdout is not None
-        self.reader = threading.Thread(target=lambda: self.lines.extend(iter(stdout.readline, "")))
-        self.reader.start()
-
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for_key(self, timeout_s: float = 180) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            for line in list(self.lines):
-                if "API key for tenant 'default':" in line:
-                    return line.rsplit(":", 1)[1].strip()
-            time.sleep(0.2)
-        raise AssertionError("serve printed no API key:\n" + self.output()[-4000:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.reader.join(timeout=10)
-
-
-@pytest.fixture
-def serve_data_dir() -> Iterator[Path]:
-    # postgres runs as another user when we are root: its parents must be world-searchable
-    root = Path(tempfile.mkdtemp(prefix="splatpack-serve-"))
-    root.chmod(0o711)
-    try:
-        yield root
-    finally:
-        stop_postgres_of(root / "pg")
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def stop_postgres_of(pg_dir: Path) -> None:
-    """Stop a postgres a failed run may have left on ``pg_dir`` (it removes its pid file)."""
-    pidfile = pg_dir / "postmaster.pid"
-    if not pidfile.exists():
-        return
-    with contextlib.suppress(ProcessLookupError, ValueError):
-        os.kill(int(pidfile.read_text().splitlines()[0]), signal.SIGINT)  # fast shutdown
-        wait_for(lambda: not pidfile.exists(), 30, "the left-over postgres to stop")
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+from tests.fixtures.serve import REPO, ServeProcess, port_open, serve_env
+from tests.workers.helpers import make_video, wait_for
 
 
 @pytest.mark.slow
@@ -109,25 +37,18 @@ def test_serve_killed_with_sigkill_recovers_on_restart(
     faults = tmp_path / "faults"
     faults.mkdir()
     (faults / "gop-000001").write_text("sleep 300")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPLATPACK_")}
-    env.update(
-        {
-            "PYTHONUNBUFFERED": "1",
-            "XDG_STATE_HOME": str(tmp_path / "state"),
-            "SPLATPACK_DATA_DIR": str(serve_data_dir),
-            "SPLATPACK_API_PORT": str(port),
-            "SPLATPACK_RAY_ADDRESS": ray_local,
-            "SPLATPACK_CODEC_OVERRIDES": json.dumps(TINY_CODEC),
-            "SPLATPACK_FAULT_DIR": str(faults),
-            "SPLATPACK_LEASE_SECONDS": "600",  # recovery must not wait for the lease
-            "SPLATPACK_HEARTBEAT_SECONDS": "1",
-            "SPLATPACK_POLL_SECONDS": "0.2",
-            "SPLATPACK_SCHEDULER_INTERVAL_SECONDS": "0",
-        }
+    env = serve_env(
+        serve_data_dir,
+        port,
+        ray_local,
+        fault_dir=str(faults),
+        lease_seconds="600",  # recovery must not wait for the lease
+        heartbeat_seconds="1",
     )
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
     api = f"http://127.0.0.1:{port}"
-    first = Serve(env)
-    second: Serve | None = None
+    first = ServeProcess(env)
+    second: ServeProcess | None = None
     try:
         key = first.wait_for_key()
         with SplatpackClient(api, key) as client:
@@ -146,7 +67,7 @@ def test_serve_killed_with_sigkill_recovers_on_restart(
         wait_for(lambda: not is_alive(api_pid), 15, "the API child to die with serve")
         wait_for(lambda: not port_open(port), 15, "the port to be free")
 
-        second = Serve(env)
+        second = ServeProcess(env)
         key2 = second.wait_for_key()
         out = second.output()
         assert "1 running job(s) back in the queue" in out, out

@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,9 +13,8 @@ from frontdoor.cli import main
 from frontdoor.client import SplatpackClient
 from infra.tenants import authenticate
 from tests.fixtures.s3 import free_port
-from tests.workers.helpers import TINY_CODEC, make_video
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.fixtures.serve import ServeProcess, port_open, serve_env
+from tests.workers.helpers import make_video
 
 
 def test_keys_create_prints_a_working_key(
@@ -64,63 +54,15 @@ def test_api_errors_are_reported_not_raised(
     assert capsys.readouterr().err.startswith("error:")
 
 
-@pytest.fixture
-def serve_data_dir() -> Iterator[Path]:
-    # postgres runs as another user when we are root: its parents must be world-searchable
-    root = Path(tempfile.mkdtemp(prefix="splatpack-serve-"))
-    root.chmod(0o711)
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.mark.slow
 def test_serve_runs_everything_and_stops_cleanly_on_ctrl_c(
     ray_local: str, serve_data_dir: Path, tmp_path: Path
 ) -> None:
     port = free_port()
-    env = dict(os.environ)
-    for name in list(env):
-        if name.startswith("SPLATPACK_"):
-            del env[name]
-    env.update(
-        {
-            "PYTHONUNBUFFERED": "1",
-            "SPLATPACK_DATA_DIR": str(serve_data_dir),
-            "SPLATPACK_API_PORT": str(port),
-            "SPLATPACK_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-            "SPLATPACK_RAY_ADDRESS": ray_local,  # join the suite's cluster instead of a second one
-            "SPLATPACK_CODEC_OVERRIDES": json.dumps(TINY_CODEC),
-            "SPLATPACK_POLL_SECONDS": "0.2",
-            "SPLATPACK_SCHEDULER_INTERVAL_SECONDS": "0",
-        }
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "frontdoor", "serve"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    stdout = proc.stdout
-    assert stdout is not None
-    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")))
-    reader.start()
+    env = serve_env(serve_data_dir, port, ray_local, public_base_url=f"http://127.0.0.1:{port}")
+    serve = ServeProcess(env)
     try:
-        deadline = time.monotonic() + 180
-        key = None
-        while key is None and time.monotonic() < deadline:
-            if proc.poll() is not None:
-                break
-            for line in list(lines):
-                if "API key for tenant 'default':" in line:
-                    key = line.rsplit(":", 1)[1].strip()
-            time.sleep(0.2)
-        assert key, "serve did not print an API key:\n" + "".join(lines[-40:])
-
+        key = serve.wait_for_key()
         api = f"http://127.0.0.1:{port}"
         with SplatpackClient(api, key) as client:
             upload = client.upload(make_video(tmp_path / "clip.mp4", n_frames=4))
@@ -135,15 +77,11 @@ def test_serve_runs_everything_and_stops_cleanly_on_ctrl_c(
             "video.gsv",
         ]
 
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0, "".join(lines[-40:])
+        serve.proc.send_signal(signal.SIGINT)
+        assert serve.proc.wait(timeout=60) == 0, serve.output()[-3000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(timeout=10)
-    with socket.socket() as sock:  # the API subprocess is gone too
-        assert sock.connect_ex(("127.0.0.1", port)) != 0
+        serve.stop()
+    assert not port_open(port)  # the API subprocess is gone too
     # the embedded Postgres kept its data and was shut down (postgres removes its pid file)
     assert (serve_data_dir / "pg" / "PG_VERSION").exists()
     assert not (serve_data_dir / "pg" / "postmaster.pid").exists()

@@ -78,6 +78,7 @@ def test_job_runs_to_success_with_outputs_and_callback(
     job = worker_env.job(job_id)
     assert job.status == JobStatus.succeeded, (job.error_code, job.error_message)
     assert job.gops_total == 3 and job.gops_done == 3  # 3 + 3 + 1 frames
+    assert job.frames_total == 7 and job.frames_done == 7
     assert job.attempts == 1 and job.lease_owner is None and job.finished_at is not None
     assert set(job.outputs) == {"video", "manifest", "preview", "report"}
     store = runner.storage
@@ -139,6 +140,7 @@ def test_job_runs_to_success_with_outputs_and_callback(
     assert len(rx.bodies) == 2
     assert rx.bodies[-1]["id"] == str(job_id) and rx.bodies[-1]["status"] == "succeeded"
     assert rx.bodies[-1]["outputs"] == job.outputs
+    assert (rx.bodies[-1]["frames_done"], rx.bodies[-1]["frames_total"]) == (7, 7)
 
 
 def _write_truncated_mp4(tmp_path: Path) -> Path:

@@ -23,6 +23,7 @@ from tests.workers.helpers import (
     pid_alive,
     started_markers,
     synthetic_frames,
+    wait_for,
     wait_for_exit,
     wait_for_gop_start,
     write_fault,
@@ -136,3 +137,30 @@ def test_cancel_kills_running_tasks(ray_local: str, tmp_path: Path) -> None:
     wait_for_exit(pid, "ray.cancel(force=True) to stop the worker")
     assert executor.in_flight == 0
     assert not LocalStorage(tmp_path / "storage").exists(plan.gops[0].key)
+
+
+def test_frames_done_within_a_gop_reach_the_runner(ray_local: str, tmp_path: Path) -> None:
+    """A GOP task reports each encoded frame to the runner's progress board: held after 3 of
+    its 5 frames (fault ``hold 3``), the executor sees 3 frames in flight; released, the GOP
+    finishes and nothing is in flight."""
+    settings = _settings(tmp_path)
+    write_fault(tmp_path / "faults", 0, "hold 3")
+    executor = GopExecutor(settings, _config(5))
+    spec = plan_gops(5, 5, PREFIX).gops[0]
+    executor.submit(spec, synthetic_frames(5))
+    seen: list[int] = []
+
+    def three_frames_in() -> bool:
+        seen.append(executor.frames_in_flight())
+        assert executor.wait(0.1) == []  # held: the GOP cannot have finished
+        return seen[-1] == 3
+
+    wait_for(three_frames_in, 120, "the held GOP to report 3 frames")
+    assert seen == sorted(seen)  # never backwards
+    (tmp_path / "faults" / "release-000000").touch()
+    results: list[GopResult] = []
+    while executor.in_flight:
+        results += executor.wait(5.0)
+    assert [r.n_frames for r in results] == [5]
+    assert executor.frames_in_flight() == 0
+    executor.close()

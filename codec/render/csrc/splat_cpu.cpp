@@ -121,14 +121,38 @@ inline void column_terms(Cols& q, int64_t tx, float cx, float a, float b2, int64
   }
 }
 
-// Weights of one pixel row (16 lanes): det_exp(h) where h >= -4.5 and the lane is in the box.
-inline void row_weights(const Cols& q, float dy, float t3, float* w) {
-  for (int j = 0; j < TILE; ++j) {
-    float h = q.adx2[j] + q.b2dx[j] * dy;
+// Weights of one half row (8 lanes from lane j0): det_exp(h) where h >= -4.5 and the lane is in
+// the box. A pair computes only the halves its box reaches; the lanes it skips would all have
+// weight exactly 0, so the result is the same bits as computing all 16.
+// 8 float32 lanes (GCC/Clang vector extension): element-wise IEEE operations, written out where
+// the auto-vectoriser kept a loop scalar.
+typedef float V8 __attribute__((vector_size(32)));
+inline V8 load8(const float* p) {
+  V8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store8(float* p, V8 v) { std::memcpy(p, &v, sizeof v); }
+
+// Loops have a fixed trip count from pointers already offset to the half, so they vectorise.
+constexpr int HALF = TILE / 2;
+inline void half_weights(const Cols& q, int j0, float dy, float t3, float* __restrict__ w) {
+  const float* __restrict__ adx2 = q.adx2 + j0;
+  const float* __restrict__ b2dx = q.b2dx + j0;
+  const float* __restrict__ in = q.in + j0;
+  float* __restrict__ wo = w + j0;
+  for (int j = 0; j < HALF; ++j) {
+    float h = adx2[j] + b2dx[j] * dy;
     h = h + t3;
-    const float e = det_exp(h) * q.in[j];  // exact: in is 0 or 1
-    w[j] = h >= CUTOFF ? e : 0.0f;
+    const float e = det_exp(h) * in[j];  // exact: in is 0 or 1
+    wo[j] = h >= CUTOFF ? e : 0.0f;
   }
+}
+
+// The first and last half (0 or 1) of tile column tx that the columns [x0, x1] reach.
+inline void halves(int64_t tx, int64_t x0, int64_t x1, int& h0, int& h1) {
+  h0 = static_cast<int>((x0 - tx * TILE) / HALF);
+  h1 = static_cast<int>((x1 - tx * TILE) / HALF);
 }
 
 // 8-bit output as codec.gop.to_u8 computes it: round-half-even(clamp(v, 0, 1) * 255).
@@ -156,17 +180,22 @@ void forward_tiles(const Params& p, const Bins& b, int64_t height, int64_t width
                   c = -0.5f * p.abc[3 * i + 2];
       const float cr = p.rgb[3 * i], cg = p.rgb[3 * i + 1], cb = p.rgb[3 * i + 2];
       column_terms(q, tx, cx, a, b2, x0, x1);
+      int h0, h1;
+      halves(tx, x0, x1, h0, h1);
       for (int64_t py = y0; py <= y1; ++py) {
         const float dy = (static_cast<float>(py) + 0.5f) - cy;
-        row_weights(q, dy, (c * dy) * dy, w);
+        const float t3 = (c * dy) * dy;
         const int64_t base = (py - ty * TILE) * TILE;
         float* ar = acc[0] + base;
         float* ag = acc[1] + base;
         float* ab = acc[2] + base;
-        for (int j = 0; j < TILE; ++j) {
-          ar[j] = ar[j] + w[j] * cr;
-          ag[j] = ag[j] + w[j] * cg;
-          ab[j] = ab[j] + w[j] * cb;
+        for (int hh = h0; hh <= h1; ++hh) {
+          const int j0 = hh * HALF;
+          half_weights(q, j0, dy, t3, w);
+          const V8 wv = load8(w + j0);  // acc = acc + w * colour, 8 lanes at once
+          store8(ar + j0, load8(ar + j0) + wv * cr);
+          store8(ag + j0, load8(ag + j0) + wv * cg);
+          store8(ab + j0, load8(ab + j0) + wv * cb);
         }
       }
     }
@@ -337,6 +366,19 @@ std::vector<at::Tensor> render_backward(at::Tensor xy, at::Tensor abc, at::Tenso
 #pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
   for (int64_t t = 0; t < n_tiles; ++t) {
     const int64_t tx = t % tiles_x, ty = t / tiles_x;
+    if (st[t] == st[t + 1]) continue;
+    // the tile's gradient image, de-interleaved once into 16-lane rows per channel (0 outside)
+    alignas(32) float gt[3][TPIX];
+    {
+      const int64_t ye = std::min<int64_t>(TILE, height - ty * TILE);
+      const int64_t xe = std::min<int64_t>(TILE, width - tx * TILE);
+      std::memset(gt, 0, sizeof gt);
+      for (int64_t yy = 0; yy < ye; ++yy) {
+        const float* grow = gi + ((ty * TILE + yy) * width + tx * TILE) * 3;
+        for (int64_t xx = 0; xx < xe; ++xx)
+          for (int ch = 0; ch < 3; ++ch) gt[ch][yy * TILE + xx] = grow[3 * xx + ch];
+      }
+    }
     for (int32_t k = st[t]; k < st[t + 1]; ++k) {
       const int64_t i = id[k];
       int64_t x0, x1, y0, y1;
@@ -349,45 +391,48 @@ std::vector<at::Tensor> render_backward(at::Tensor xy, at::Tensor abc, at::Tenso
       Cols q;
       column_terms(q, tx, cx, a, b2, x0, x1);
       alignas(32) float w[TILE];
-      alignas(32) float l_dx[TILE] = {}, l_dy[TILE] = {}, l_dx2[TILE] = {}, l_dxdy[TILE] = {},
-                        l_dy2[TILE] = {}, l_r[TILE] = {}, l_g[TILE] = {}, l_b[TILE] = {};
-      // the gradient image of this tile row, de-interleaved into 16 lanes per channel
-      alignas(32) float g0[TILE], g1[TILE], g2[TILE];
+      // per-lane sums, two 8-lane halves each
+      V8 l_dx[2] = {}, l_dy[2] = {}, l_dx2[2] = {}, l_dxdy[2] = {}, l_dy2[2] = {}, l_r[2] = {},
+         l_g[2] = {}, l_b[2] = {};
+      int h0, h1;
+      halves(tx, x0, x1, h0, h1);
       for (int64_t py = y0; py <= y1; ++py) {
         const float dy = (static_cast<float>(py) + 0.5f) - cy;
-        row_weights(q, dy, (c * dy) * dy, w);
-        const float* grow = gi + (py * width + tx * TILE) * 3;
-        const int64_t xe = std::min<int64_t>(TILE, width - tx * TILE);
-        for (int j = 0; j < TILE; ++j) {
-          const bool ok = j < xe;
-          g0[j] = ok ? grow[3 * j] : 0.0f;
-          g1[j] = ok ? grow[3 * j + 1] : 0.0f;
-          g2[j] = ok ? grow[3 * j + 2] : 0.0f;
-        }
-        for (int j = 0; j < TILE; ++j) {
-          l_r[j] += w[j] * g0[j];
-          l_g[j] += w[j] * g1[j];
-          l_b[j] += w[j] * g2[j];
-          const float g = w[j] * (g0[j] * cr + g1[j] * cg + g2[j] * cb);  // dL/dh
-          const float dx = q.dx[j];
-          l_dx[j] += g * dx;
-          l_dy[j] += g * dy;
-          l_dx2[j] += g * dx * dx;
-          l_dxdy[j] += g * dx * dy;
-          l_dy2[j] += g * dy * dy;
+        const float t3 = (c * dy) * dy;
+        const int64_t base = (py - ty * TILE) * TILE;
+        const float* g0 = gt[0] + base;
+        const float* g1 = gt[1] + base;
+        const float* g2 = gt[2] + base;
+        for (int hh = h0; hh <= h1; ++hh) {
+          const int j0 = hh * HALF;
+          half_weights(q, j0, dy, t3, w);
+          const V8 wv = load8(w + j0), a0 = load8(g0 + j0), a1 = load8(g1 + j0),
+                   a2 = load8(g2 + j0), dx = load8(q.dx + j0);
+          V8& o_r = l_r[hh];
+          o_r = o_r + wv * a0;
+          l_g[hh] = l_g[hh] + wv * a1;
+          l_b[hh] = l_b[hh] + wv * a2;
+          const V8 g = wv * ((a0 * cr + a1 * cg) + a2 * cb);  // dL/dh
+          const V8 gdx = g * dx;
+          l_dx[hh] = l_dx[hh] + gdx;
+          l_dy[hh] = l_dy[hh] + g * dy;
+          l_dx2[hh] = l_dx2[hh] + gdx * dx;
+          l_dxdy[hh] = l_dxdy[hh] + gdx * dy;
+          l_dy2[hh] = l_dy2[hh] + (g * dy) * dy;
         }
       }
       float s_g_dx = 0, s_g_dy = 0, s_g_dx2 = 0, s_g_dxdy = 0, s_g_dy2 = 0;
       float s_r = 0, s_gr = 0, s_b = 0;
-      for (int j = 0; j < TILE; ++j) {
-        s_g_dx += l_dx[j];
-        s_g_dy += l_dy[j];
-        s_g_dx2 += l_dx2[j];
-        s_g_dxdy += l_dxdy[j];
-        s_g_dy2 += l_dy2[j];
-        s_r += l_r[j];
-        s_gr += l_g[j];
-        s_b += l_b[j];
+      for (int j = 0; j < TILE; ++j) {  // lanes in order: 0..7 of half 0, then half 1
+        const int hh = j / HALF, jj = j % HALF;
+        s_g_dx += l_dx[hh][jj];
+        s_g_dy += l_dy[hh][jj];
+        s_g_dx2 += l_dx2[hh][jj];
+        s_g_dxdy += l_dxdy[hh][jj];
+        s_g_dy2 += l_dy2[hh][jj];
+        s_r += l_r[hh][jj];
+        s_gr += l_g[hh][jj];
+        s_b += l_b[hh][jj];
       }
       // h = -(A dx^2 + 2 B dx dy + C dy^2) / 2, dx = px - cx:
       // dh/dcx = A dx + B dy, dh/dcy = B dx + C dy, dh/dA = -dx^2/2, dh/dB = -dx dy, dh/dC = -dy^2/2
@@ -412,6 +457,173 @@ std::vector<at::Tensor> render_backward(at::Tensor xy, at::Tensor abc, at::Tenso
   return {grads.slice(1, 0, 2), grads.slice(1, 2, 5), grads.slice(1, 5, 8)};
 }
 
+// render_backward for the fit loop: the gradients of the N rows the M drawable ones came from,
+// float32 [N, 8] = (xy, chol, rgb), zero for rows that draw nothing. ``chol`` [M, 3] are the
+// drawable rows' Cholesky factors (the conic's source) and ``idx`` int64 [M] their rows. The
+// conic's chain rule is codec.gaussians.conic_vjp, written out in float32.
+at::Tensor render_backward_rows(at::Tensor xy, at::Tensor abc, at::Tensor rgb, at::Tensor box,
+                                at::Tensor start, at::Tensor ids, at::Tensor grad_img,
+                                at::Tensor chol, at::Tensor idx, int64_t n) {
+  const int64_t m = xy.size(0);
+  TORCH_CHECK(chol.scalar_type() == at::kFloat && chol.dim() == 2 && chol.size(0) == m &&
+                  chol.size(1) == 3,
+              "chol must be float32 [M, 3]");
+  TORCH_CHECK(idx.scalar_type() == at::kLong && idx.numel() == m, "idx must be int64 [M]");
+  const std::vector<at::Tensor> g = render_backward(xy, abc, rgb, box, start, ids, grad_img);
+  // g[0] is the [M, 2] view at the start of the [M, 8] rows (xy, abc, rgb)
+  TORCH_CHECK(m == 0 || g[0].stride(0) == 8, "unexpected gradient layout");
+  const float* pg = g[0].data_ptr<float>();
+  chol = chol.contiguous();
+  idx = idx.contiguous();
+  const float* pc = chol.data_ptr<float>();
+  const int64_t* pi = idx.data_ptr<int64_t>();
+  at::Tensor out = at::zeros({n, 8}, xy.options());
+  float* po = out.data_ptr<float>();
+  for (int64_t r = 0; r < m; ++r) {
+    const int64_t row = pi[r];
+    TORCH_CHECK(row >= 0 && row < n, "row index out of range");
+    const float* gr = pg + 8 * r;
+    float* o = po + 8 * row;
+    const float l11 = pc[3 * r], l21 = pc[3 * r + 1], l22 = pc[3 * r + 2];
+    const float ga = gr[2], gb = gr[3], gc = gr[4];
+    const float i11 = 1.0f / l11, i22 = 1.0f / l22, i22sq = i22 * i22;
+    const float t = l21 * i11 * i22;
+    const float a = i11 * i11 + t * t;
+    const float b = -l21 * i11 * i22sq;
+    const float u = i11 * i22;
+    o[0] = gr[0];
+    o[1] = gr[1];
+    o[2] = ga * (-2.0f * a * i11) + gb * (-b * i11);
+    o[3] = ga * (2.0f * l21 * (u * u)) + gb * (-i11 * i22sq);
+    o[4] = ga * (-2.0f * l21 * l21 * i11 * i11 * i22sq * i22) + gb * (-2.0f * b * i22) +
+           gc * (-2.0f * i22sq * i22);
+    o[5] = gr[5];
+    o[6] = gr[6];
+    o[7] = gr[7];
+  }
+  return out;
+}
+
+// The fit loop's per-iteration statistics of a rendering img against target (float32 [H, W, 3],
+// C-contiguous) in one pass, so the loop needs no per-pixel PyTorch operations:
+//   out[0] = sum (img - target)^2                          (the squared error, float64 sums)
+//   out[1] = sum (round(clamp(img, 0, 1) * 255) - target * 255)^2     (8-bit error, for PSNR)
+//   out[2] = number of pixels where `changed` (bool [H, W]; empty = nowhere) is set and the
+//            5x5 mean (window clipped at the borders, as avg_pool2d with count_include_pad=False)
+//            of max-over-RGB |target - img| exceeds `threshold` (codec.fit.unresolved_mask)
+// With want_grad also grad = 2 (img - target) / (3 H W), the gradient of the mean squared
+// error. Row sums are added in row order: the result does not depend on the thread count.
+std::vector<at::Tensor> residual_stats(at::Tensor img, at::Tensor target, at::Tensor changed,
+                                       double threshold, bool want_grad) {
+  TORCH_CHECK(img.device().is_cpu() && img.scalar_type() == at::kFloat &&
+                  target.scalar_type() == at::kFloat,
+              "residual_stats needs float32 CPU images");
+  TORCH_CHECK(img.dim() == 3 && img.size(2) == 3 && target.sizes() == img.sizes(),
+              "residual_stats needs img and target of one shape [H, W, 3]");
+  img = img.contiguous();
+  target = target.contiguous();
+  const int64_t h = img.size(0), w = img.size(1);
+  const bool masked = changed.numel() > 0;
+  if (masked) {
+    TORCH_CHECK(changed.scalar_type() == at::kBool && changed.dim() == 2 && changed.size(0) == h &&
+                    changed.size(1) == w,
+                "residual_stats needs changed as bool [H, W] (or empty)");
+    changed = changed.contiguous();
+  }
+  const float* pi = img.data_ptr<float>();
+  const float* pt = target.data_ptr<float>();
+  at::Tensor grad;
+  float* pg = nullptr;
+  if (want_grad) {
+    grad = at::empty_like(img);
+    pg = grad.data_ptr<float>();
+  }
+  const float scale = 2.0f / static_cast<float>(3 * h * w);
+  std::vector<double> row_sse(h), row_sse8(h);
+  std::vector<float> dmax(masked ? h * w : 0);
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+  for (int64_t y = 0; y < h; ++y) {
+    // the row's 3W values: 8-lane float sums over whole vectors, the rest one by one
+    const float* ri = pi + y * w * 3;
+    const float* rt = pt + y * w * 3;
+    float* rg = pg ? pg + y * w * 3 : nullptr;
+    const int64_t n = w * 3, nv = n / 8 * 8;
+    V8 s_v = {}, s8_v = {};
+    const float shifter = 12582912.0f;  // 1.5 * 2^23: (v + s) - s rounds v in [0, 255] half-even
+    for (int64_t k = 0; k < nv; k += 8) {
+      const V8 vi = load8(ri + k), vt = load8(rt + k);
+      const V8 e = vi - vt;
+      s_v = s_v + e * e;
+      V8 c = vi;
+      for (int j = 0; j < 8; ++j) c[j] = std::min(std::max(c[j], 0.0f), 1.0f);
+      const V8 a = ((c * 255.0f) + shifter) - shifter;
+      const V8 e8 = a - vt * 255.0f;
+      s8_v = s8_v + e8 * e8;
+      if (rg) store8(rg + k, e * scale);
+    }
+    double sse = 0.0, sse8 = 0.0;
+    for (int j = 0; j < 8; ++j) {
+      sse += s_v[j];
+      sse8 += s8_v[j];
+    }
+    for (int64_t k = nv; k < n; ++k) {
+      const float e = ri[k] - rt[k];
+      sse += static_cast<double>(e) * e;
+      const float a = std::nearbyint(std::min(std::max(ri[k], 0.0f), 1.0f) * 255.0f);
+      const float e8 = a - rt[k] * 255.0f;
+      sse8 += static_cast<double>(e8) * e8;
+      if (rg) rg[k] = e * scale;
+    }
+    if (masked) {
+      for (int64_t x = 0; x < w; ++x) {
+        float m = 0.0f;
+        for (int ch = 0; ch < 3; ++ch) m = std::max(m, std::fabs(ri[3 * x + ch] - rt[3 * x + ch]));
+        dmax[y * w + x] = m;
+      }
+    }
+    row_sse[y] = sse;
+    row_sse8[y] = sse8;
+  }
+  double sse = 0.0, sse8 = 0.0;
+  for (int64_t y = 0; y < h; ++y) {
+    sse += row_sse[y];
+    sse8 += row_sse8[y];
+  }
+  int64_t unresolved = 0;
+  if (masked) {
+    const bool* pc = changed.data_ptr<bool>();
+    std::vector<float> col(h * w, 0.0f);  // vertical 5-sums, rows added in order
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+    for (int64_t y = 0; y < h; ++y) {
+      const int64_t y0 = std::max<int64_t>(0, y - 2), y1 = std::min<int64_t>(h - 1, y + 2);
+      float* __restrict__ c = col.data() + y * w;
+      for (int64_t yy = y0; yy <= y1; ++yy) {
+        const float* __restrict__ d = dmax.data() + yy * w;
+        for (int64_t x = 0; x < w; ++x) c[x] = c[x] + d[x];
+      }
+    }
+#pragma omp parallel for schedule(static) reduction(+ : unresolved) num_threads(at::get_num_threads())
+    for (int64_t y = 0; y < h; ++y) {
+      const int64_t ny = std::min<int64_t>(h - 1, y + 2) - std::max<int64_t>(0, y - 2) + 1;
+      for (int64_t x = 0; x < w; ++x) {
+        if (!pc[y * w + x]) continue;
+        const int64_t x0 = std::max<int64_t>(0, x - 2), x1 = std::min<int64_t>(w - 1, x + 2);
+        float s = 0.0f;
+        for (int64_t xx = x0; xx <= x1; ++xx) s += col[y * w + xx];
+        const float mean = s / static_cast<float>(ny * (x1 - x0 + 1));
+        unresolved += mean > static_cast<float>(threshold);
+      }
+    }
+  }
+  at::Tensor out = at::empty({3}, at::TensorOptions().dtype(at::kDouble));
+  double* po = out.data_ptr<double>();
+  po[0] = sse;
+  po[1] = sse8;
+  po[2] = static_cast<double>(unresolved);
+  if (want_grad) return {out, grad};
+  return {out};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -419,4 +631,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pixel_boxes", &pixel_boxes, "drawable Gaussians and their pixel boxes (CPU)");
   m.def("render_forward_u8", &render_forward_u8, "fused tile render to uint8 (CPU)");
   m.def("render_backward", &render_backward, "fused tile render backward (CPU)");
+  m.def("render_backward_rows", &render_backward_rows,
+        "fused tile render backward to the rows' xy, chol, rgb (CPU)");
+  m.def("residual_stats", &residual_stats, "fit-loop error statistics and MSE gradient (CPU)");
 }
