@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -36,9 +36,10 @@ from codec.bitstream import DEFAULT_LIMITS, DecodeLimits
 from codec.config import CodecConfig
 from codec.container import ContainerReader, ContainerWriter, Damage, StreamHeader, open_gsv
 from codec.errors import BitstreamError, CodecConfigError, CodecError
-from codec.gop import encode_gop_report, iter_gop_frames
+from codec.gop import GopEncodeResult, iter_gop_frames
 from codec.init import detect_face_roi, load_roi_mask
 from codec.render import resolve_backend_name
+from codec.target import encode_gop_target, summarize
 from codec.video import VideoWriter, iter_frames, probe, y4m_frame_bytes, y4m_header
 
 ProgressFn = Callable[[int, int | None], None]  # (frames done, frames total if known)
@@ -71,6 +72,11 @@ class EncodeSummary:
     threads: int = 1  # torch intra-op threads per GOP encode
     # the enhancer (config.enhance): record bytes per GOP (0: none), all counted in n_bytes
     enhancer_bytes_per_gop: list[int] = field(default_factory=list)
+    # target-quality mode (config.target_psnr / target_msssim, codec/target.py): the whole
+    # encode's figures (codec.target.summarize: target, GOPs in the band, search cost) and each
+    # GOP's search (GopTargetReport.to_dict() plus "gop"); None / empty without a target
+    target: dict[str, Any] | None = None
+    target_gops: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def encode_fps(self) -> float:
@@ -122,12 +128,20 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+GopOutcome = tuple[bytes, list[dict[str, object]], int, dict[str, Any] | None]
+
+
+def _gop_outcome(result: GopEncodeResult, target: dict[str, Any] | None) -> GopOutcome:
+    return result.payload, result.stats_dicts(), result.enhancer_bytes, target
+
+
 def _encode_gop_task(
     frames: np.ndarray, config: CodecConfig, roi_mask: np.ndarray | None, device: str
-) -> tuple[bytes, list[dict[str, object]], int]:
-    """What a worker process runs for one GOP: (payload, per-frame stats, enhancer bytes)."""
-    result = encode_gop_report(frames, config, roi_mask=roi_mask, device=device)
-    return result.payload, result.stats_dicts(), result.enhancer_bytes
+) -> GopOutcome:
+    """What a worker process runs for one GOP: (payload, per-frame stats, enhancer bytes, the
+    target search's report or None)."""
+    result, report = encode_gop_target(frames, config, roi_mask=roi_mask, device=device)
+    return _gop_outcome(result, report.to_dict() if report is not None else None)
 
 
 def encode_video(
@@ -185,6 +199,7 @@ def encode_video(
     frames_done = 0
     stats: list[dict[str, object]] = []
     enhancer_bytes: list[int] = []
+    target_gops: list[dict[str, Any]] = []
     start = time.perf_counter()
     target = out_path if hasattr(out_path, "write") else Path(out_path)  # type: ignore[arg-type]
     end = None if max_frames is None else start_frame + max_frames
@@ -200,17 +215,14 @@ def encode_video(
             )
 
     def add(
-        writer: ContainerWriter,
-        gop_index: int,
-        first: int,
-        n: int,
-        payload: bytes,
-        gop_stats: list[dict[str, object]],
-        gop_enhancer_bytes: int,
+        writer: ContainerWriter, gop_index: int, first: int, n: int, outcome: GopOutcome
     ) -> None:
         nonlocal frames_done
+        payload, gop_stats, gop_enhancer_bytes, gop_target = outcome
         writer.add_gop(gop_index, first, n, payload)
         enhancer_bytes.append(gop_enhancer_bytes)
+        if gop_target is not None:
+            target_gops.append({"gop": gop_index, **gop_target})
         for s in gop_stats:
             s["index"] = first + int(s["index"])  # type: ignore[call-overload]
             s["gop"] = gop_index
@@ -230,18 +242,11 @@ def encode_video(
                         if progress:
                             progress(base + done, total)
 
-                    result = encode_gop_report(
-                        frames, fit_config, roi_mask=gop_mask, progress=on_frame, device=device
+                    result, report = encode_gop_target(
+                        frames, fit_config, roi_mask=gop_mask, device=device, progress=on_frame
                     )
-                    add(
-                        writer,
-                        gop_index,
-                        first,
-                        len(frames),
-                        result.payload,
-                        result.stats_dicts(),
-                        result.enhancer_bytes,
-                    )
+                    gop_target = report.to_dict() if report is not None else None
+                    add(writer, gop_index, first, len(frames), _gop_outcome(result, gop_target))
             finally:
                 torch.set_num_threads(saved_threads)
         else:
@@ -280,10 +285,12 @@ def encode_video(
         workers=workers,
         threads=threads,
         enhancer_bytes_per_gop=enhancer_bytes,
+        target=summarize(target_gops),
+        target_gops=target_gops,
     )
 
 
-AddFn = Callable[[ContainerWriter, int, int, int, bytes, list[dict[str, object]], int], None]
+AddFn = Callable[[ContainerWriter, int, int, int, GopOutcome], None]
 
 
 def _encode_parallel(
@@ -300,7 +307,7 @@ def _encode_parallel(
     """Encode ``gops`` in ``workers`` spawned processes, at most 2 per worker in flight, adding
     each to ``writer`` as it completes (the container accepts GOPs in any order)."""
     context = multiprocessing.get_context("spawn")
-    pending: dict[Future[tuple[bytes, list[dict[str, object]], int]], tuple[int, int, int]] = {}
+    pending: dict[Future[GopOutcome], tuple[int, int, int]] = {}
     done_frames = 0
 
     def collect(block_until_below: int) -> None:
@@ -308,8 +315,7 @@ def _encode_parallel(
         while len(pending) > block_until_below:
             future = next(iter(pending))  # oldest first: the file and progress grow in order
             gop_index, first, n = pending.pop(future)
-            payload, gop_stats, gop_enhancer_bytes = future.result()
-            add(writer, gop_index, first, n, payload, gop_stats, gop_enhancer_bytes)
+            add(writer, gop_index, first, n, future.result())
             done_frames += n
             if progress:
                 progress(done_frames, total)

@@ -33,7 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields
 from fractions import Fraction
 from pathlib import Path
@@ -106,6 +106,37 @@ def _nonneg_int(flag: str, text: str) -> int:
     return value
 
 
+def _number(flag: str) -> Callable[[str], float]:
+    """An argparse type: a number, or a usage error naming ``flag``."""
+
+    def parse(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+    parse.__name__ = flag
+    return parse
+
+
+def add_target_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """``--target-psnr`` and ``--target-msssim`` (encode, and the service's ``submit``)."""
+    tq = p.add_argument_group(
+        "target quality",
+        "search each GOP's quality level (between 1 and 10) for the lowest rate within 0.5 dB "
+        "above the target; an unreachable target is reported, not an error",
+    )
+    tq.add_argument(
+        "--target-psnr", type=_number("--target-psnr"), default=None, metavar="DB",
+        help="mean RGB PSNR per GOP, e.g. 38",
+    )  # fmt: skip
+    tq.add_argument(
+        "--target-msssim", type=_number("--target-msssim"), default=None, metavar="V",
+        help="mean MS-SSIM per GOP, e.g. 0.97 (SSIM below 161 px; band 0.5 dB of -10 log10(1-V))",
+    )  # fmt: skip
+    return tq
+
+
 def _seconds(flag: str, text: str) -> float:
     try:
         value = float(text)
@@ -162,6 +193,13 @@ def _config_from_args(args: argparse.Namespace) -> CodecConfig:
         overrides["fit__iframe_iters"] = args.iters
     if args.p_iters is not None:
         overrides["fit__pframe_iters"] = args.p_iters
+    for arg, key in (
+        ("target_psnr", "target_psnr"),
+        ("target_msssim", "target_msssim"),
+        ("target_trials", "target_max_trials"),
+    ):
+        if getattr(args, arg) is not None:
+            overrides[key] = getattr(args, arg)
     sets = parse_overrides(args.set or [])
     if args.enhance is not None:
         if "enhance" in sets and sets["enhance"] != args.enhance:
@@ -183,11 +221,20 @@ def _config_from_args(args: argparse.Namespace) -> CodecConfig:
     try:
         return CodecConfig.preset(args.preset, args.quality, **overrides)
     except CodecError as exc:
-        flag = {"gop": "--gop", "quality": "--quality", "seed": "--seed"}
+        flag = {
+            "gop": "--gop",
+            "quality": "--quality",
+            "seed": "--seed",
+            "target_psnr": "--target-psnr",
+            "target_msssim": "--target-msssim",
+            "target_max_trials": "--target-trials",
+        }
         text = str(exc)
         for name, f in flag.items():
             if text.startswith(f"{name}="):
                 raise UsageError(f"{f}: {text}") from None
+        if text.startswith("target_psnr and target_msssim"):
+            raise UsageError("--target-psnr and --target-msssim: give one of them") from None
         raise UsageError(f"{text} (check --quality, --gop, --iters, --p-iters and --set)") from None
 
 
@@ -351,6 +398,11 @@ def _encode(args: argparse.Namespace, path: Path, out: IO[str]) -> int:
             "keeps a record only where D + lambda R pays)",
             file=out,
         )
+    if summary.target is not None:
+        from codec.target import describe
+
+        for line in describe(summary.target):
+            print(line, file=out)
     if args.json:
         if args.output == STDIO:
             record["quality"] = None
@@ -673,7 +725,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch threads per GOP encode (default: cores / workers)",
     )
-    enc.add_argument("--quality", type=int, default=5, help="1 (smallest) .. 10 (best)")
+    enc.add_argument(
+        "--quality",
+        type=int,
+        default=5,
+        help="1 (smallest) .. 10 (best); with a target, where each GOP's search starts",
+    )
+    tq = add_target_options(enc)
+    tq.add_argument(
+        "--target-trials", type=int, default=None, metavar="N",
+        help="trial encodes per GOP at most (default 6, at most 12)",
+    )  # fmt: skip
     enc.add_argument("--gop", type=int, default=30, help="frames per GOP (an I-frame every GOP)")
     add_frame_range(enc, "encode")
     enc.add_argument(

@@ -28,6 +28,25 @@ EnhanceMode = Literal["off", "base", "on"]
 ENHANCE_MODES = ("off", "base", "on")
 
 QUALITY_MIN, QUALITY_MAX = 1, 10
+# target-quality mode (codec/target.py): the targets a user may ask for, and the trial encodes
+# a GOP's search may spend (each is a whole GOP encode)
+TARGET_PSNR_RANGE = (10.0, 99.0)  # dB, RGB PSNR on 8-bit frames (reports cap PSNR at 100)
+TARGET_MSSSIM_RANGE = (0.5, 0.9999)  # MS-SSIM (SSIM on frames below MS-SSIM's 161 px minimum)
+TARGET_TRIALS_DEFAULT, TARGET_TRIALS_MAX = 6, 12
+
+
+def _check_target(name: str, value: float | None, lo: float, hi: float, what: str) -> None:
+    """A target is None (off) or a finite number in [lo, hi]; the error names the field."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CodecConfigError(f"{name}={value!r} is not a number; use {what} in [{lo}, {hi}]")
+    if not math.isfinite(value):
+        raise CodecConfigError(
+            f"{name}={value!r} is not a finite number; use {what} in [{lo}, {hi}]"
+        )
+    if not lo <= value <= hi:
+        raise CodecConfigError(f"{name}={value!r} is out of range; use {what} in [{lo}, {hi}]")
 
 
 def _check_range(name: str, value: float, lo: float, hi: float) -> None:
@@ -278,10 +297,29 @@ class CodecConfig:
     # "on" (strength plus the per-GOP modulation where it pays). A post-filter: the Gaussians and
     # the closed loop are the same either way. ``preset(..., enhance="on")`` turns it on.
     enhance: EnhanceMode = "off"
+    # target-quality mode (codec/target.py): each GOP searches the quality ladder (a continuous
+    # quality between the presets' integer levels) for the lowest rate whose quality lands in
+    # [target, target + 0.5 dB]; at most one of the two targets; None = off (the preset's level).
+    # The MS-SSIM band is 0.5 dB of -10 log10(1 - MS-SSIM).
+    target_psnr: float | None = None  # mean per-frame RGB PSNR of a GOP, dB
+    target_msssim: float | None = None  # mean per-frame MS-SSIM of a GOP, 0..1
+    target_max_trials: int = TARGET_TRIALS_DEFAULT  # trial encodes per GOP at most
 
     def __post_init__(self) -> None:
         _check_range("gop", self.gop, 1, 10_000)
         _check_range("seed", self.seed, 0, 2**31 - 1)
+        _check_target("target_psnr", self.target_psnr, *TARGET_PSNR_RANGE, "a PSNR in dB")
+        _check_target("target_msssim", self.target_msssim, *TARGET_MSSSIM_RANGE, "an MS-SSIM value")
+        if self.target_psnr is not None and self.target_msssim is not None:
+            raise CodecConfigError(
+                "target_psnr and target_msssim are both set; ask for one quality target"
+            )
+        if isinstance(self.target_max_trials, bool) or not isinstance(self.target_max_trials, int):
+            raise CodecConfigError(
+                f"target_max_trials={self.target_max_trials!r} is not an integer; "
+                f"use 1..{TARGET_TRIALS_MAX}"
+            )
+        _check_range("target_max_trials", self.target_max_trials, 1, TARGET_TRIALS_MAX)
         if self.enhance not in ENHANCE_MODES:
             raise CodecConfigError(
                 f"enhance={self.enhance!r} is unknown; use one of {', '.join(ENHANCE_MODES)}"

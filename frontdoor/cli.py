@@ -257,6 +257,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             max_frames=args.frames,
             priority=args.priority,
             callback_url=args.callback_url,
+            target_psnr=args.target_psnr,
+            target_msssim=args.target_msssim,
         )
         job_id = str(job["id"])
         print(f"job {job_id} {job.get('status')}", flush=True)
@@ -300,6 +302,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 f"{ssim_label(bool(report.get('ms_ssim_used_ssim_fallback')))} "
                 f"{report.get('ms_ssim', 0):.4f}"
             )
+        if report.get("target"):
+            from codec.target import describe
+
+            for line in describe(report["target"]):
+                print(line)
         for f in files:
             print(f"  {f}")
     return 0
@@ -346,7 +353,7 @@ def _global_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from codec.cli import version_text
+    from codec.cli import add_target_options, version_text
 
     common = _global_options()
     parser = argparse.ArgumentParser(
@@ -397,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=("ultrafast", "fast", "slow"), default="fast")
     p.add_argument("--quality", type=int, default=5, help="1 (smallest) .. 10 (best)")
     p.add_argument("--gop", type=int, default=30, help="frames per GOP")
+    add_target_options(p)
     p.add_argument("--frames", type=int, default=None, help="encode only the first N frames")
     p.add_argument("--priority", type=int, default=None, help="-50 .. 50, higher runs first")
     p.add_argument("--callback-url", default=None, help="POST the finished job here")

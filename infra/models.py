@@ -175,6 +175,9 @@ class Job(Base):
     quality: Mapped[int] = mapped_column(Integer, default=5)
     gop: Mapped[int] = mapped_column(Integer, default=30)
     enhance: Mapped[bool] = mapped_column(Boolean, default=False)
+    # target-quality mode (migration 0006): at most one; null = the quality level as is
+    target_psnr: Mapped[float | None] = mapped_column(Float)
+    target_msssim: Mapped[float | None] = mapped_column(Float)
     max_frames: Mapped[int | None] = mapped_column(Integer)
     priority: Mapped[int] = mapped_column(Integer, default=0)  # -50 .. 50, higher first
     output_prefix: Mapped[str] = mapped_column(Text)  # storage key prefix, built from ids
@@ -235,6 +238,8 @@ class JobGop(Base):
     payload_bytes: Mapped[int] = mapped_column(BigInteger)
     psnr_db: Mapped[float | None] = mapped_column(Float)
     encode_seconds: Mapped[float | None] = mapped_column(Float)
+    # target-quality mode: the GOP's search (codec.target.GopTargetReport.to_dict(), migration 0006)
+    target: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 

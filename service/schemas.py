@@ -117,6 +117,29 @@ class JobOptions(_Strict):
             "kept where they pay); report.json gives quality with and without it"
         ),
     )
+    target_psnr: float | None = Field(
+        default=None,
+        ge=10.0,
+        le=99.0,
+        strict=True,
+        allow_inf_nan=False,
+        description=(
+            "target-quality mode: each GOP searches quality levels 1..10 (starting at `quality`) "
+            "for the lowest rate whose mean RGB PSNR lands in [target, target + 0.5] dB; a "
+            "target out of reach is reported in report.json `target`, not an error"
+        ),
+    )
+    target_msssim: float | None = Field(
+        default=None,
+        ge=0.5,
+        le=0.9999,
+        strict=True,
+        allow_inf_nan=False,
+        description=(
+            "target-quality mode by mean MS-SSIM (SSIM for frames under 161 px); the band is "
+            "0.5 dB of -10 log10(1 - MS-SSIM); at most one of target_psnr and target_msssim"
+        ),
+    )
     priority: int = Field(default=0, ge=-50, le=50, strict=True, description="higher runs first")
     max_frames: int | None = Field(
         default=None,
@@ -138,6 +161,12 @@ class JobOptions(_Strict):
         "the URL may not carry a user name or password",
     )
 
+    @model_validator(mode="after")
+    def _one_target(self) -> JobOptions:
+        if self.target_psnr is not None and self.target_msssim is not None:
+            raise ValueError("give at most one of target_psnr and target_msssim")
+        return self
+
     def job_fields(self) -> dict[str, Any]:
         """The :class:`~infra.models.Job` columns these options set."""
         return {
@@ -145,6 +174,8 @@ class JobOptions(_Strict):
             "quality": self.quality,
             "gop": self.gop,
             "enhance": self.enhance,
+            "target_psnr": self.target_psnr,
+            "target_msssim": self.target_msssim,
             "priority": self.priority,
             "max_frames": self.max_frames,
             "output_label": self.output_prefix,
@@ -184,6 +215,8 @@ class JobPublic(BaseModel):
     quality: int
     gop: int
     enhance: bool
+    target_psnr: float | None
+    target_msssim: float | None
     priority: int
     max_frames: int | None
     output_prefix: str
@@ -229,6 +262,8 @@ class JobPublic(BaseModel):
             quality=job.quality,
             gop=job.gop,
             enhance=job.enhance,
+            target_psnr=job.target_psnr,
+            target_msssim=job.target_msssim,
             priority=job.priority,
             max_frames=job.max_frames,
             output_prefix=job.output_prefix,

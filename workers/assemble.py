@@ -45,6 +45,9 @@ class GopRecord:
     # per-frame codec stats (codec.gop.FrameStats as dicts) when the GOP was encoded in this run;
     # GOPs resumed from the database have none
     frames: tuple[dict[str, Any], ...] = ()
+    # target-quality mode: the GOP's search (codec.target.GopTargetReport.to_dict()); kept in
+    # the database (job_gops.target), so a resumed job reports it too
+    target: dict[str, Any] | None = None
 
 
 def check_coverage(gops: Sequence[GopRecord], n_frames: int) -> list[GopRecord]:
@@ -371,6 +374,19 @@ def speed_report(gops: Sequence[GopRecord]) -> dict[str, Any]:
     return out
 
 
+def target_report(gops: Sequence[GopRecord]) -> dict[str, Any] | None:
+    """report.json ``target`` (None without a quality target): what was asked, GOPs in the band,
+    unreachable GOPs, mean overshoot, the search's cost (codec.target.summarize), and ``per_gop``:
+    each GOP's search (target, reached, status, quality level, trials)."""
+    from codec.target import summarize
+
+    per_gop = [
+        {"gop": g.index, **g.target} for g in sorted(gops, key=lambda g: g.index) if g.target
+    ]
+    summary = summarize(per_gop)
+    return None if summary is None else {**summary, "per_gop": per_gop}
+
+
 def config_enhance(config: dict[str, Any]) -> str:
     """The enhancer mode a (compact or full) codec config dict asks for."""
     overrides = config.get("overrides", {})
@@ -433,6 +449,7 @@ def build_report(
         "gop_encode_seconds_total": float(sum(g.encode_seconds or 0.0 for g in gops)),
         "decode_seconds": verify.decode_seconds,
         "speed": speed_report(gops),
+        "target": target_report(gops),
         "timings_s": dict(timings_s),
         "preset": preset,
         "quality": quality,

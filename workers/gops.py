@@ -151,6 +151,8 @@ class GopResult:
     psnr_db: float  # mean over the GOP's frames, 8-bit RGB
     encode_seconds: float
     frames: list[dict[str, Any]] = field(default_factory=list)  # codec FrameStats as dicts
+    # target-quality mode: the GOP's search (codec.target.GopTargetReport.to_dict()), else None
+    target: dict[str, Any] | None = None
 
     @property
     def bits(self) -> int:
@@ -219,7 +221,7 @@ class EncodeGopStage:
         """Encode ``frames`` (uint8 [T, H, W, 3]), store the payload, return the stats;
         ``progress(frames_done)`` is called after each encoded frame."""
         from codec.config import CodecConfig
-        from codec.gop import encode_gop_report
+        from codec.target import encode_gop_target
 
         if frames.ndim != 4 or frames.shape[0] != spec.n_frames or frames.shape[-1] != 3:
             raise ValueError(
@@ -238,7 +240,9 @@ class EncodeGopStage:
         start = time.perf_counter()
         if not frames.flags.writeable:  # Ray hands out read-only views of shared memory
             frames = frames.copy()
-        result = encode_gop_report(
+        # with a quality target the GOP's search runs here (its trials, then the chosen payload;
+        # progress then moves once the search is done)
+        result, target = encode_gop_target(
             np.ascontiguousarray(frames, dtype=np.uint8),
             config,
             device=self.device,
@@ -262,6 +266,7 @@ class EncodeGopStage:
             psnr_db=psnr,
             encode_seconds=seconds,
             frames=[dict(s) for s in stats],
+            target=target.to_dict() if target is not None else None,
         )
 
 

@@ -99,6 +99,8 @@ class JobSpec:
     max_frames: int | None
     output_prefix: str
     enhance: bool = False
+    target_psnr: float | None = None  # quality target (codec/target.py), at most one
+    target_msssim: float | None = None
 
     @staticmethod
     def from_row(job: Job) -> JobSpec:
@@ -111,6 +113,8 @@ class JobSpec:
             max_frames=job.max_frames,
             output_prefix=job.output_prefix,
             enhance=job.enhance,
+            target_psnr=job.target_psnr,
+            target_msssim=job.target_msssim,
         )
 
 
@@ -130,11 +134,13 @@ def codec_config_dict(job: JobSpec, settings: Settings) -> dict[str, Any]:
     try:
         # "enhance": true runs the enhancer ("on": per-GOP strength and modulation where they pay)
         enhance = {"enhance": "on"} if job.enhance else {}
+        # a quality target: each GOP searches the ladder from `quality` (codec/target.py)
+        target = {"target_psnr": job.target_psnr, "target_msssim": job.target_msssim}
         cfg = CodecConfig.preset(job.preset, job.quality).with_overrides(  # type: ignore[arg-type]
-            gop=job.gop, **{**enhance, **settings.codec_overrides}
+            gop=job.gop, **{**enhance, **target, **settings.codec_overrides}
         )
     except CodecConfigError as exc:
-        raise JobError("invalid_config", f"{exc}; fix the job's preset/quality/gop") from exc
+        raise JobError("invalid_config", f"{exc}; fix the job's preset/quality/gop/target") from exc
     return cfg.to_compact()
 
 
@@ -192,6 +198,7 @@ def encode_phase(
                 r.psnr_db,
                 r.encode_seconds,
                 tuple(r.frames),
+                r.target,
             )
             control.record_gop(r)
 

@@ -187,6 +187,7 @@ class JobHandle:
                     r.payload_bytes,
                     r.psnr_db,
                     r.encode_seconds,
+                    target=r.target,
                 )
                 for r in rows
             ]
@@ -204,6 +205,7 @@ class JobHandle:
                 "payload_bytes": result.payload_bytes,
                 "psnr_db": result.psnr_db,
                 "encode_seconds": result.encode_seconds,
+                "target": result.target,
             }
             stmt = pg_insert(JobGop).values(job_id=self.job_id, gop_index=result.index, **values)
             stmt = stmt.on_conflict_do_update(

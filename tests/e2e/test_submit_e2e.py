@@ -243,3 +243,36 @@ def test_submit_of_a_non_video_reports_the_jobs_error(
         secret.encode(), headers["X-Splatpack-Timestamp"].encode() + b"." + raw, hashlib.sha256
     ).hexdigest()
     assert headers["X-Splatpack-Signature"] == f"sha256={expected}"
+
+
+@pytest.mark.slow
+def test_submit_with_an_unreachable_target_succeeds_and_says_so(
+    ray_local: str,
+    api_server: tuple[str, S3Storage],
+    tmp_path: Path,
+    db_url: str,
+    s3_endpoint: str,
+    session_factory: sessionmaker[Session],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`submit --target-psnr` through the real API process, S3 on moto and local Ray: a target
+    beyond the quality limits ends in a succeeded job whose report and CLI output say so."""
+    api_url, storage = api_server
+    with session_factory.begin() as s:
+        api_key = create_tenant_key(s, "e2e-target")
+    src = make_video(tmp_path / "clip.mp4", n_frames=4)
+    out_dir = tmp_path / "outputs"
+    with running_runner(tmp_path, db_url, s3_endpoint, storage, session_factory, "e2e-target"):
+        code = main(
+            [
+                "submit", str(src), "--wait", "--api", api_url, "--key", api_key,
+                "--gop", "2", "--target-psnr", "90", "--out", str(out_dir), "--poll", "0.3",
+            ]
+        )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "target 90.00 dB not reachable within the quality limits" in out
+    assert "target PSNR 90.00 dB: 0/2 GOPs in [90.00, 90.50] dB" in out
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["target"]["gops_unreachable"] == 2
+    assert [g["status"] for g in report["target"]["per_gop"]] == ["unreachable"] * 2

@@ -124,7 +124,7 @@ def test_migrations_match_the_models_and_are_idempotent(db_url: str) -> None:
             enums = set(
                 conn.execute(text("SELECT typname FROM pg_type WHERE typtype = 'e'")).scalars()
             )
-        assert version == "0005"
+        assert version == "0006"
         assert {"job_status", "job_phase"} <= enums
     finally:
         engine.dispose()

@@ -23,9 +23,10 @@ from sqlalchemy import func, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from infra.jobs import callback_due_values
-from infra.models import Job, JobStatus, Tenant
+from infra.models import Job, JobGop, JobStatus, Tenant
 from infra.settings import Settings
 from infra.storage import LocalStorage
+from workers.gops import EncodeGopStage, GopResult, GopSpec, gop_key
 from workers.runner import Runner
 
 # fitting iterations cut to the bone: the tests check the plumbing, not the quality
@@ -252,6 +253,36 @@ class WorkerEnv:
 
     def job(self, job_id: uuid.UUID) -> Job:
         return get_job(self.session_factory, job_id)
+
+    def leave_gop0_of_dead_runner(
+        self, runner: Runner, job_id: uuid.UUID, config: dict[str, Any]
+    ) -> GopResult:
+        """What a runner that died after GOP 0 (2 frames of ``in.mp4``) leaves: the payload in
+        storage, its ``job_gops`` row, the job running under an expired lease."""
+        from codec.video import read_frames
+
+        spec0 = GopSpec(0, 0, 2, gop_key(self.job(job_id).output_prefix, 0))
+        frames = read_frames(self.tmp_path / "in.mp4", 0, 2)
+        done0 = EncodeGopStage(config=config).process(spec0, frames, runner.storage)
+        with self.session_factory.begin() as s:
+            s.add(
+                JobGop(
+                    job_id=job_id,
+                    gop_index=0,
+                    first_frame=0,
+                    n_frames=2,
+                    payload_key=spec0.key,
+                    payload_bytes=done0.payload_bytes,
+                    psnr_db=done0.psnr_db,
+                    encode_seconds=done0.encode_seconds,
+                    target=done0.target,
+                )
+            )
+        expire_lease(
+            self.session_factory, job_id, 1, status=JobStatus.running, attempts=1, gops_done=1,
+            lease_owner="dead-runner",
+        )  # fmt: skip
+        return done0
 
 
 REPO = Path(__file__).resolve().parents[2]

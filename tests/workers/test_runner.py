@@ -18,12 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from codec.config import CodecConfig
 from codec.container import ContainerReader
 from codec.gop import decode_gop
-from codec.video import probe, read_frames
+from codec.video import probe
 from infra.models import JobGop, JobStatus
 from tests.workers.helpers import (
     TINY_CODEC,
     WorkerEnv,
-    expire_lease,
     make_video,
     started_markers,
     update_job,
@@ -33,7 +32,6 @@ from tests.workers.helpers import (
     write_fault,
 )
 from tests.workers.receiver import Receiver
-from workers.gops import EncodeGopStage, GopSpec, gop_key
 from workers.runner import Runner
 
 
@@ -225,29 +223,10 @@ def test_expired_lease_requeues_and_resume_skips_finished_gops(
     sf = worker_env.session_factory
     runner = worker_env.runner()
     job_id = worker_env.add_job(worker_env.upload_video(runner, n_frames=4), gop=2)
-    job = worker_env.job(job_id)
 
     # what the dead runner left: GOP 0 in storage and in job_gops, a lease in the past
-    local = worker_env.tmp_path / "in.mp4"
     config = CodecConfig.preset("fast", 1).with_overrides(gop=2, **TINY_CODEC).to_dict()
-    spec0 = GopSpec(0, 0, 2, gop_key(job.output_prefix, 0))
-    done0 = EncodeGopStage(config=config).process(spec0, read_frames(local, 0, 2), runner.storage)
-    with sf.begin() as s:
-        s.add(
-            JobGop(
-                job_id=job_id,
-                gop_index=0,
-                first_frame=0,
-                n_frames=2,
-                payload_key=spec0.key,
-                payload_bytes=done0.payload_bytes,
-                psnr_db=done0.psnr_db,
-                encode_seconds=done0.encode_seconds,
-            )
-        )
-    expire_lease(
-        sf, job_id, 1, status=JobStatus.running, attempts=1, gops_done=1, lease_owner="dead-runner"
-    )
+    done0 = worker_env.leave_gop0_of_dead_runner(runner, job_id, config)
 
     assert runner.run_once()
     job = worker_env.job(job_id)
