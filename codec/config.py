@@ -20,6 +20,7 @@ from codec.errors import CodecConfigError
 
 InitMethod = Literal["superpixel", "random"]
 LrSchedule = Literal["plateau", "cosine"]
+BudgetMode = Literal["density", "rd"]
 QuantMode = Literal["ptq", "qat"]
 PresetName = Literal["ultrafast", "fast", "slow"]
 PRESETS: tuple[str, ...] = ("ultrafast", "fast", "slow")  # the speed ladder, fastest first
@@ -57,7 +58,17 @@ def _check_range(name: str, value: float, lo: float, hi: float) -> None:
 class FitConfig:
     """How Gaussians are fitted to frames."""
 
-    gaussians_per_kpx: float = 40.0  # Gaussians per 1000 pixels in an I-frame
+    gaussians_per_kpx: float = 40.0  # Gaussians per 1000 pixels in an I-frame (budget="density")
+    # I-frame Gaussian budget: "density" = gaussians_per_kpx, scaled down on flat frames
+    # (codec.init.count_for_detail); "rd" = per block, the count that minimises D + lambda R at
+    # the level's lambda (pframe_rd_lambda, the same slope the P-frames use; with it 0, "rd"
+    # falls back to "density"), see codec.init.rd_gaussian_count; budget_fit_gain calibrates
+    # its distortion model
+    budget: BudgetMode = "density"
+    budget_fit_gain: float = 0.4
+    # with densify: the I-frame starts from this share of its budget and densification (splits
+    # and seeds) grows it to the budget
+    budget_init_share: float = 1.0
     init: InitMethod = "superpixel"
     roi_share: float = (
         0.5  # fraction of Gaussians placed inside the region of interest, when one is given
@@ -101,6 +112,12 @@ class FitConfig:
     prune_rgb_eps: float = (
         2.0 / 255.0
     )  # densify: Gaussians whose largest |rgb| is below this are pruned
+    # densify (codec.densify): share of the free rows spent on splitting the large Gaussians with
+    # the most error under them (the rest are seeded at residual peaks); 0 = seeds only
+    densify_split_share: float = 0.0
+    # densify: also prune Gaussians whose removal costs less than pframe_rd_lambda * this many
+    # bits of squared error (8-bit levels^2), i.e. that do not pay at the level's slope; 0 = off
+    densify_prune_bits: float = 0.0
     pframe_min_changed_frac: float = (
         0.001  # P-frames with fewer changed pixels than this share are static
     )
@@ -120,6 +137,12 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         _check_range("gaussians_per_kpx", self.gaussians_per_kpx, 0.5, 1000.0)
+        _check_range("budget_fit_gain", self.budget_fit_gain, 1e-4, 100.0)
+        _check_range("budget_init_share", self.budget_init_share, 0.05, 1.0)
+        _check_range("densify_split_share", self.densify_split_share, 0.0, 1.0)
+        _check_range("densify_prune_bits", self.densify_prune_bits, 0.0, 1e4)
+        if self.budget not in ("density", "rd"):
+            raise CodecConfigError(f"budget={self.budget!r} is unknown; use 'density' or 'rd'")
         _check_range("roi_share", self.roi_share, 0.0, 0.95)
         _check_range("iframe_iters", self.iframe_iters, 0, 100_000)
         _check_range("pframe_iters", self.pframe_iters, 0, 100_000)
@@ -171,6 +194,49 @@ _ULTRAFAST_FIT: dict[str, Any] = {
     "iframe_stop_db_per_iter": 0.01,
     "pframe_stop_db_per_iter": 0.01,
 }
+
+
+# Densification in the fast and slow presets (issue 14, item 2; BENCHMARKS.md "Quality on any
+# content"): the I-frame starts from 80% of its budget and grows into it, half of the new rows
+# by splitting large Gaussians under high error, half seeded at residual peaks; Gaussians whose
+# removal costs less than lambda * 40 bits are pruned (and their rows re-used).
+_DENSIFY: dict[str, Any] = {
+    "densify": True,
+    "budget_init_share": 0.8,
+    "densify_split_share": 0.5,
+    "densify_prune_bits": 40.0,
+}
+
+# The quality ladder (issue 14, item 3): ONE rate-distortion slope per level, lambda (8-bit
+# levels^2 per bit), geometric from LADDER_LAMBDA_Q1 at q1 to LADDER_LAMBDA_Q10 at q10, and every
+# knob follows it: the I-frame budget (codec.init.rd_gaussian_count), the P-frame choices
+# (codec.rdo), the quantiser (a step ~ sqrt(lambda): one more bit per 4x lower lambda, colour
+# half a bit ahead of the Cholesky factors so that every level moves one of them) and the
+# P-frame change thresholds (~ lambda^(1/4), so high levels keep refining what low levels leave).
+# The old ladder stepped density, bits and lambda separately and climbed unevenly (carphone q7
+# -> q8 +0.66 dB; Megamind q3 -> q4 -0.30 dB, q9 -> q10 +0.23 dB).
+LADDER_LAMBDA_Q1, LADDER_LAMBDA_Q10 = 1700.0, 7.8
+LADDER_BITS_AT_500 = 6.0  # attribute bits at lambda 500 (the old q4: 6 bits)
+LADDER_THRESHOLD_AT_500 = 6.0  # P-frame changed-pixel threshold (levels) at lambda 500
+LADDER_NEW_OVER_CHANGED = 16.0 / 6.0  # new-content threshold over the changed-pixel one
+
+
+def ladder_rung(quality: int) -> dict[str, Any]:
+    """The coding knobs of quality level ``quality`` (1..10): lambda, bits, P-frame thresholds."""
+    t = (quality - QUALITY_MIN) / (QUALITY_MAX - QUALITY_MIN)
+    lam = LADDER_LAMBDA_Q1 * (LADDER_LAMBDA_Q10 / LADDER_LAMBDA_Q1) ** t
+    x = LADDER_BITS_AT_500 + 0.5 * math.log2(500.0 / lam)
+    thr = min(8.0, max(2.0, LADDER_THRESHOLD_AT_500 * (lam / 500.0) ** 0.25))
+    return {
+        "lambda": round(lam, 2),
+        # position step ~ sqrt(lambda) below 0.2 px from q5 up: at 160 Gaussians per kpx a
+        # 0.2 px step alone cost carphone's I-frame 5.7 dB (0.05 px: 0.8 dB)
+        "xy_step_px": round(min(0.2, max(0.05, 0.2 * math.sqrt(lam / 283.0))), 3),
+        "chol_bits": int(round(x - 0.25)),
+        "rgb_bits": int(round(x + 0.25)),
+        "pframe_threshold": round(thr / 255.0, 5),
+        "pframe_new_threshold": round(thr * LADDER_NEW_OVER_CHANGED / 255.0, 5),
+    }
 
 
 @dataclass(frozen=True)
@@ -270,51 +336,46 @@ class CodecConfig:
             raise CodecConfigError(
                 f"quality={quality!r} is out of range; use an integer in [{QUALITY_MIN}, {QUALITY_MAX}]"
             )
-        density = 10.0 * (1.3 ** (quality - 1))  # 10 .. ~106 Gaussians per kpx
-        bits = 5 + (quality + 1) // 3  # 5 .. 8 bits for chol and colour
-        # P-frame rate control: lambda (levels^2 per bit) is 500 at q4 (measured best on carphone
-        # for the 0.10 bpp target), falls 1.5x per level below it and 2x per level above it. With
-        # 1.5x above q4 the top of the ladder was flat (q6 -> q8: +0.74 dB for +67% rate): denser
-        # I-frames bought little while lambda held the P-frames back. Halving lambda at q5, q6 or
-        # q8 bought 3.5-5 dB per e-fold of rate there, more than the next quality level did
-        # (BENCHMARKS.md "The top of the ladder", bench/gop_sweep.py).
-        rd_lambda = 500.0 * (1.5 ** (4 - quality) if quality <= 4 else 2.0 ** (4 - quality))
+        density = 10.0 * (1.3 ** (quality - 1))  # 10 .. ~106 Gaussians per kpx (budget="density")
+        rung = ladder_rung(quality)
+        lam = rung["lambda"]
         # sub-level P-frame positions (GOP format 4) pay from q6 up: +0.84 dB for +11% rate at q8
         xy_refine = 1 if quality >= 6 else 0
+        common_fit: dict[str, Any] = {
+            "gaussians_per_kpx": density,
+            "budget": "rd",
+            "pframe_rd_lambda": lam,
+            "pframe_rate_weight": 1.0,
+            "pframe_threshold": rung["pframe_threshold"],
+            "pframe_new_threshold": rung["pframe_new_threshold"],
+        }
+        bits = {
+            "chol_bits": rung["chol_bits"],
+            "rgb_bits": rung["rgb_bits"],
+            "xy_step_px": rung["xy_step_px"],
+        }
         if name in ("fast", "ultrafast"):
             # the speed ladder (BENCHMARKS.md "Encode speed: fewer iterations"): the same coding
             # tools, fits that stop once they gain less than a threshold per iteration
             fit_kw: dict[str, Any] = {
-                "gaussians_per_kpx": density,
+                **common_fit,
                 "iframe_iters": 400,
                 "pframe_iters": 120,  # 60 cost 0.25 dB at q4 for 2.7% less rate
-                "pframe_rd_lambda": rd_lambda,
-                "pframe_rate_weight": 1.0,
             }
-            fit_kw.update(_ULTRAFAST_FIT if name == "ultrafast" else _FAST_FIT)
+            fit_kw.update(_ULTRAFAST_FIT if name == "ultrafast" else {**_FAST_FIT, **_DENSIFY})
             fit = FitConfig(**fit_kw)
-            quant = QuantConfig(
-                mode="ptq", chol_bits=bits, rgb_bits=bits, pframe_xy_refine=xy_refine
-            )
+            quant = QuantConfig(mode="ptq", pframe_xy_refine=xy_refine, **bits)
         else:
             fit = FitConfig(
-                gaussians_per_kpx=density,
+                **common_fit,
+                **_DENSIFY,
                 iframe_iters=2000,
                 pframe_iters=200,
-                densify=True,
-                pframe_rd_lambda=rd_lambda,
-                pframe_rate_weight=1.0,
             )
             # QAT lets the fit live with a clipped range (1% tails): +0.33 dB on the I-frame and
             # +0.27 dB over fast at equal rate on carphone q4 (20 frames); with the full range
             # slow was no better than fast (BENCHMARKS.md, "slow preset")
-            quant = QuantConfig(
-                mode="qat",
-                chol_bits=bits,
-                rgb_bits=bits,
-                range_quantile=0.01,
-                pframe_xy_refine=xy_refine,
-            )
+            quant = QuantConfig(mode="qat", range_quantile=0.01, pframe_xy_refine=xy_refine, **bits)
         cfg = CodecConfig(fit=fit, quant=quant)
         return cfg.with_overrides(**overrides) if overrides else cfg
 

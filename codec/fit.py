@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from codec.config import FitConfig
+from codec.densify import plan_densify
 from codec.errors import CodecConfigError
 from codec.gaussians import MIN_CHOL_DIAG, Gaussians
 from codec.render.base import GradBackend, RenderBackend
@@ -506,18 +507,29 @@ def _densify(
     n_max: int,
     cfg: FitConfig,
     gen: torch.Generator,
+    backend: RenderBackend,
 ) -> None:
-    """Prune near-zero-colour rows and re-seed as many (up to ``n_max`` in all) where the error is largest."""
+    """One densification round (codec.densify.plan_densify): prune what does not pay, split large
+    Gaussians under high error, re-seed the rest (up to ``n_max`` in all) where the error is largest."""
+    residual = (target - img).detach()
+    plan, n_seed = plan_densify(
+        opt.rows().detach(),
+        residual,
+        n_max,
+        backend,
+        prune_rgb_eps=cfg.prune_rgb_eps,
+        prune_cost_levels2=cfg.pframe_rd_lambda * cfg.densify_prune_bits,
+        split_share=cfg.densify_split_share,
+    )
+    if plan.n_pruned + plan.n_split + n_seed == 0:
+        return
+    region = torch.ones(target.shape[:2], dtype=torch.bool, device=target.device)
+    seeds = seed_from_residual(residual, region, n_seed, gen, sigma_px=1.0) if n_seed > 0 else None
+    opt.restructure(plan.keep, Gaussians.cat([plan.new, seeds]) if seeds else plan.new)
     with torch.no_grad():
-        rgb = opt.rgb.detach()
-        keep = torch.nonzero(rgb.abs().amax(dim=1) >= cfg.prune_rgb_eps).flatten()
-        free = n_max - int(keep.numel())
-        if free <= 0:
-            return
-        residual = target - img
-        region = torch.ones(target.shape[:2], dtype=torch.bool, device=target.device)
-        new = seed_from_residual(residual, region, free, gen, sigma_px=1.0)
-        opt.restructure(keep, new)
+        opt.xy[plan.split_pos] = plan.split_first.xy_px
+        opt.chol[plan.split_pos] = plan.split_first.chol
+        opt.rgb[plan.split_pos] = plan.split_first.rgb
 
 
 def fit_iframe(
@@ -528,6 +540,7 @@ def fit_iframe(
     *,
     fake_quant: FakeQuant | None = None,
     generator: torch.Generator | None = None,
+    n_max: int | None = None,
 ) -> FitResult:
     """Fit Gaussians to ``frame`` (float32 [H, W, 3] in [0, 1]) starting from ``init``.
 
@@ -536,14 +549,15 @@ def fit_iframe(
     per step (over ``cfg.stop_window`` steps; with densification, only after its last round);
     returns the best Gaussians seen. With ``cfg.densify``, every
     ``densify_every`` steps (during the first ``densify_until_frac`` of the cap) near-zero
-    Gaussians are pruned and re-seeded where the error is largest; the count never exceeds
-    ``len(init)``. ``generator`` drives where re-seeded Gaussians go.
+    Gaussians are pruned, large ones under high error split and the rest re-seeded where the
+    error is largest (:func:`_densify`); the count never exceeds ``n_max`` (default
+    ``len(init)``). ``generator`` drives where re-seeded Gaussians go.
     """
     target, h, w = _check_frame(frame)
     if len(init) == 0:
         raise CodecConfigError("fit_iframe needs at least one Gaussian")
     gen = _default_generator(generator)
-    n_max = len(init)
+    n_max = max(len(init), n_max or 0)
     opt = _RowOptimizer(init.to(target.device), cfg)
     sched = _Schedule(cfg, cfg.iframe_iters)
     stop = _GainStop(cfg.iframe_stop_db_per_iter, cfg.stop_window)
@@ -565,7 +579,7 @@ def fit_iframe(
         opt.step(ev.grads(), sched.factor(it, ev.loss), h, w)
         it += 1
         if cfg.densify and it % cfg.densify_every == 0 and it <= densify_stop:
-            _densify(opt, ev.img, target, n_max, cfg, gen)
+            _densify(opt, ev.img, target, n_max, cfg, gen, backend)
     return FitResult(gaussians=best, iters=it, psnr_db=best_psnr, history=history)
 
 

@@ -42,7 +42,7 @@ from codec.entropy import (
 from codec.errors import BitstreamError, CodecConfigError
 from codec.fit import fit_iframe, fit_pframe
 from codec.gaussians import Gaussians, change_energy
-from codec.init import count_for_detail, random_init, superpixel_init
+from codec.init import iframe_budget, random_init, superpixel_init
 from codec.metrics import psnr_db
 from codec.quant import (
     QGaussians,
@@ -178,10 +178,13 @@ def _code_iframe(
     """Fit (on ``device``), quantise and entropy-code (on the CPU) an I-frame; returns (state in
     canonical order, its grid, bytes, iters)."""
     h, w, _ = frame.shape
-    n = count_for_detail(gaussian_count(cfg, h, w), frame)  # a flat frame needs few Gaussians
-    init = _initialise(frame, n, cfg, roi_mask, gen)
+    attr_bits = max(cfg.quant.chol_bits, cfg.quant.rgb_bits)
+    n = iframe_budget(frame, cfg.fit, attr_bits, gaussian_count(cfg, h, w))
+    # with densification the fit starts below its budget and grows into it (codec.densify)
+    n_init = max(1, round(cfg.fit.budget_init_share * n)) if cfg.fit.densify else n
+    init = _initialise(frame, n_init, cfg, roi_mask, gen)
     on_dev = frame.to(device)
-    fitted = fit_iframe(on_dev, init.to(device), cfg.fit, backend, generator=gen)
+    fitted = fit_iframe(on_dev, init.to(device), cfg.fit, backend, generator=gen, n_max=n)
     g, iters = fitted.gaussians.detach().to("cpu"), fitted.iters
     grid = make_grid(g, h, w, cfg.quant)
     if cfg.quant.mode == "qat":

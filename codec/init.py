@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from skimage.segmentation import slic
 from torch import Tensor
 
+from codec.config import FitConfig
 from codec.errors import CodecConfigError
 from codec.gaussians import MIN_CHOL_DIAG, SIGMA_CUTOFF_SQ, Gaussians
 from codec.render import RenderBackend, get_backend
@@ -275,6 +276,95 @@ def count_for_detail(n: int, frame: Tensor | NDArray[np.floating]) -> int:
     if share >= DETAIL_FULL_SHARE:
         return n
     return max(min(n, MIN_IFRAME_GAUSSIANS), round(n * share / DETAIL_FULL_SHARE))
+
+
+# Rate-distortion Gaussian budget (issue 14, item 1). A Gaussian of spacing s (one per s x s
+# pixels) reproduces a block about as well as a Gaussian blur of the frame at sigma
+# BUDGET_BLUR_PER_SPACING * s does, times BUDGET_FIT_GAIN (a fitted, anisotropic Gaussian beats
+# a blur: the factor is calibrated on the three development clips, BENCHMARKS.md issue 14).
+# Per block the spacing with the lowest D + lambda * R wins; the budget is the sum of the
+# blocks' counts, so it follows both the content and the level's lambda.
+BUDGET_BLOCK_PX = 16
+BUDGET_SPACINGS_PX = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
+BUDGET_BLUR_PER_SPACING = 0.5
+BUDGET_FIT_GAIN = 0.4
+MAX_BUDGET_PER_PX = 0.25  # never more than one Gaussian per 4 pixels
+
+
+def block_distortion(
+    frame: Tensor | NDArray[np.floating], spacings: tuple[float, ...] = BUDGET_SPACINGS_PX
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per block and spacing, the squared error (8-bit levels^2 summed over pixels and channels)
+    of blurring ``frame`` (float [H, W, 3] in 0..1) at that spacing: float64 [S, By, Bx], and the
+    blocks' areas in pixels, float64 [By, Bx] (edge blocks are smaller)."""
+    import cv2  # local import: cv2 is heavy
+
+    img = np.clip(_as_numpy_frame(frame), 0.0, 1.0) * 255.0
+    h, w, _ = img.shape
+    b = BUDGET_BLOCK_PX
+    by, bx = -(-h // b), -(-w // b)
+    pad_h, pad_w = by * b - h, bx * b - w
+
+    def block_sum(a: NDArray[np.float32]) -> NDArray[np.float64]:
+        a = np.pad(a.astype(np.float64), ((0, pad_h), (0, pad_w)))
+        return a.reshape(by, b, bx, b).sum(axis=(1, 3))
+
+    out = np.empty((len(spacings), by, bx), dtype=np.float64)
+    for k, s in enumerate(spacings):
+        sigma = BUDGET_BLUR_PER_SPACING * s
+        blurred = cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+        out[k] = block_sum(((img - blurred) ** 2).sum(axis=2))
+    return out, block_sum(np.ones((h, w), np.float32))
+
+
+def rd_gaussian_count(
+    frame: Tensor | NDArray[np.floating],
+    lam_levels2_per_bit: float,
+    bits_per_gaussian: float,
+    *,
+    fit_gain: float = BUDGET_FIT_GAIN,
+    n_max: int | None = None,
+) -> int:
+    """The I-frame Gaussian budget of ``frame`` (float [H, W, 3] in 0..1) at a level's lambda.
+
+    Per ``BUDGET_BLOCK_PX`` block, picks the spacing s in ``BUDGET_SPACINGS_PX`` minimising
+    ``fit_gain * D_blur(s) + lambda * bits_per_gaussian * area / s^2`` (J = D + lambda R with the
+    same lambda, in levels^2 per bit, as the P-frame choices of codec.rdo) and returns the sum of
+    ``area / s^2`` over blocks: a flat block gets one Gaussian per 32 x 32 pixels, a textured one
+    up to one per 4 pixels. Clamped to [MIN_IFRAME_GAUSSIANS, min(n_max, MAX_BUDGET_PER_PX * H*W)]."""
+    if lam_levels2_per_bit <= 0 or bits_per_gaussian <= 0 or fit_gain <= 0:
+        raise CodecConfigError(
+            "rd_gaussian_count needs lambda, bits_per_gaussian and fit_gain > 0; got "
+            f"{lam_levels2_per_bit}, {bits_per_gaussian}, {fit_gain}"
+        )
+    dist, area = block_distortion(frame)
+    spacing = np.asarray(BUDGET_SPACINGS_PX, dtype=np.float64)[:, None, None]
+    count = area[None] / spacing**2  # [S, By, Bx]
+    cost = fit_gain * dist + lam_levels2_per_bit * bits_per_gaussian * count
+    best = np.argmin(cost, axis=0)
+    n = float(np.take_along_axis(count, best[None], axis=0).sum())
+    h, w = _as_numpy_frame(frame).shape[:2]
+    top = int(MAX_BUDGET_PER_PX * h * w)
+    if n_max is not None:
+        top = min(top, n_max)
+    return int(max(min(MIN_IFRAME_GAUSSIANS, h * w), min(round(n), max(top, 1))))
+
+
+# Estimated bits of one intra-coded Gaussian at a chol/colour bit depth: 12 + 4.5 * bits
+# (carphone fast q1-q4 I-frames: 37 bits at 5, 40-42 at 6; positions cost ~10 of them)
+GAUSSIAN_BITS_BASE, GAUSSIAN_BITS_PER_DEPTH = 12.0, 4.5
+
+
+def iframe_budget(
+    frame: Tensor | NDArray[np.floating], fit: FitConfig, attr_bits: int, n_density: int
+) -> int:
+    """The I-frame's Gaussian count under ``fit.budget``: ``"density"`` scales ``n_density``
+    down on flat frames (:func:`count_for_detail`); ``"rd"`` is :func:`rd_gaussian_count` at
+    ``fit.pframe_rd_lambda`` (when above 0) for Gaussians of ``attr_bits``-bit attributes."""
+    if fit.budget == "density" or fit.pframe_rd_lambda <= 0:
+        return count_for_detail(n_density, frame)
+    bits = GAUSSIAN_BITS_BASE + GAUSSIAN_BITS_PER_DEPTH * attr_bits
+    return rd_gaussian_count(frame, fit.pframe_rd_lambda, bits, fit_gain=fit.budget_fit_gain)
 
 
 def superpixel_init(

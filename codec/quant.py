@@ -10,8 +10,11 @@ integer level ``q`` in ``[0, 2**bits - 1]``:
 * colours and the Cholesky off-diagonal ``l21``: per-channel min/max quantisers over a
   robust range (``QuantConfig.range_quantile`` .. ``1 - range_quantile``) of the I-frame's
   values;
-* the Cholesky diagonals ``l11, l22``: *geometric* levels ``value = lo * ratio**q`` over
-  the same robust range, starting at or above :data:`codec.gaussians.MIN_CHOL_DIAG` so a
+* the Cholesky diagonals ``l11, l22``: *geometric* levels ``value = lo * ratio**q`` from
+  the robust lower quantile up to the largest value (clipping the top 0.1% shrank the few
+  large "background" Gaussians of a dense fit to a few pixels: carphone at 160 Gaussians per
+  kpx lost 16 dB, BENCHMARKS.md issue 14), starting at or above
+  :data:`codec.gaussians.MIN_CHOL_DIAG` so a
   dequantised covariance is always positive definite. A Gaussian's size matters relative
   to itself: on carphone at 6 bits, uniform diagonals cost 1.6 dB of the I-frame's PSNR
   and geometric ones 0.6 dB, for the same bits (BENCHMARKS.md). For these two channels the
@@ -297,6 +300,8 @@ def make_grid(g: Gaussians, height: int, width: int, cfg: QuantConfig) -> QuantG
         col = chol[:, c][np.isfinite(chol[:, c])]
         if col.size:
             lo, hi = _robust_range(col, cfg.range_quantile)
+            if diag:  # geometric levels reach the largest Gaussian for a few bits' precision
+                hi = float(col.max())
         else:
             lo, hi = (
                 (MIN_CHOL_DIAG, _DEFAULT_CHOL_HI) if diag else (-_DEFAULT_CHOL_HI, _DEFAULT_CHOL_HI)

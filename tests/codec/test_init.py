@@ -211,3 +211,25 @@ def test_count_follows_detail_with_a_floor() -> None:
     assert count_for_detail(1000, noisy) == 1000
     assert count_for_detail(1000, half) == 500  # 1/8 detailed is half of the full-count share
     assert count_for_detail(5, flat) == 5  # never more than asked
+
+
+def test_rd_budget_grows_with_detail_and_falls_with_lambda() -> None:
+    from codec.init import MIN_IFRAME_GAUSSIANS, rd_gaussian_count
+
+    flat = np.full((96, 128, 3), 0.4, np.float32)
+    smooth = synthetic_frame(96, 128).numpy()
+    yy, xx = np.mgrid[0:96, 0:128].astype(np.float32)
+    pattern = 0.5 + 0.2 * np.sin(xx / 1.7) * np.cos(yy / 2.3) + 0.15 * np.sin((xx + yy) / 3.1)
+    textured = np.repeat(pattern[..., None], 3, axis=2).clip(0, 1).astype(np.float32)
+    counts = [rd_gaussian_count(f, 250.0, 40.0) for f in (flat, smooth, textured)]
+    assert counts[0] == MIN_IFRAME_GAUSSIANS  # a flat frame: the floor
+    assert counts[0] < counts[1] < counts[2]  # more detail, more Gaussians
+    assert counts[2] > 10 * counts[0]
+    by_lambda = [rd_gaussian_count(smooth, lam, 40.0) for lam in (2000.0, 250.0, 30.0)]
+    assert by_lambda[0] < by_lambda[1] < by_lambda[2]  # a lower slope buys more Gaussians
+    # white noise does not pay at this slope: a Gaussian removes less error than its bits cost
+    noise = np.random.default_rng(0).normal(0.5, 0.05, (96, 128, 3)).astype(np.float32)
+    assert rd_gaussian_count(noise, 250.0, 40.0) < counts[2] / 4
+    half = textured.copy()
+    half[:, 64:] = 0.4  # half the frame flat: about half the textured count
+    assert 0.35 < rd_gaussian_count(half, 250.0, 40.0) / counts[2] < 0.65
