@@ -24,7 +24,7 @@ from codec.gaussians import Gaussians, conic
 from codec.render import cpu_ext
 from codec.render.base import VjpFn
 from codec.render.canonical import drawable_boxes, render_canonical
-from codec.render.torch_tiles import TorchTileBackend, _check_size
+from codec.render.torch_tiles import _check_size
 
 __all__ = ["FusedCpuBackend", "fused_available"]
 
@@ -79,7 +79,6 @@ class FusedCpuBackend:
                 "or use backend 'patch'"
             )
         self._ext = ext
-        self._tiles = TorchTileBackend()
 
     def render(self, g: Gaussians, height: int, width: int) -> Tensor:
         """Differentiable render (w.r.t. xy_px, chol, rgb): float32 [H, W, 3]."""
@@ -97,8 +96,20 @@ class FusedCpuBackend:
         return render_canonical(g, height, width)
 
     def gaussians_touching(self, g: Gaussians, pixel_mask: Tensor) -> Tensor:
-        """Sorted int64 [K] rows of ``g`` whose truncated ellipse covers a True pixel."""
-        return self._tiles.gaussians_touching(g, pixel_mask)
+        """Sorted int64 [K] rows of ``g`` whose truncated ellipse covers a True pixel, with the
+        canonical render's truncation (one C++ pass; the PyTorch tile backend's answer up to
+        rounding at the 3-sigma edge)."""
+        mask = pixel_mask.to(device="cpu", dtype=torch.bool)
+        height, width = int(mask.shape[0]), int(mask.shape[1])
+        with torch.no_grad():
+            g = g.detach().to("cpu")
+            idx, box = drawable_boxes(self._ext, g, height, width)
+            if idx.numel() == 0 or not bool(mask.any()):
+                return torch.zeros(0, dtype=torch.int64)
+            xy = g.xy_px[idx].float().contiguous()
+            abc = conic(g.chol[idx].float()).contiguous()
+            hit = self._ext.touching(xy, abc, box, mask)
+            return idx[hit]  # idx is ascending
 
     def render_vjp(self, g: Gaussians, height: int, width: int) -> tuple[Tensor, VjpFn]:
         """The picture of ``g`` (float32 [H, W, 3], bit-identical to :meth:`render`) and a

@@ -258,3 +258,27 @@ def test_a_stale_torch_build_lock_does_not_hang_the_next_process() -> None:
     code = "from codec.render import cpu_ext; assert cpu_ext.load() is not None"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=240)
     assert not lock.exists()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_gaussians_touching_matches_the_tile_backend(seed: int) -> None:
+    """The C++ touching test picks the rows the PyTorch tile backend picks (odd sizes, Gaussians
+    half outside the frame, sparse and empty masks)."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w, n = 37 + 5 * seed, 53 + 7 * seed, 300
+    xy = torch.rand(n, 2, generator=gen) * torch.tensor([w + 10.0, h + 10.0]) - 5.0
+    chol = torch.stack(
+        [
+            0.2 + 4 * torch.rand(n, generator=gen),
+            torch.randn(n, generator=gen),
+            0.2 + 4 * torch.rand(n, generator=gen),
+        ],
+        dim=1,
+    )
+    g = Gaussians(xy, chol, torch.rand(n, 3, generator=gen))
+    fused, tiles = FusedCpuBackend(), TorchTileBackend()
+    for density in (0.0, 0.03, 0.5):
+        mask = torch.rand(h, w, generator=gen) < density
+        got = fused.gaussians_touching(g, mask)
+        assert torch.equal(got, tiles.gaussians_touching(g, mask))
+        assert got.dtype == torch.int64 and bool((got[1:] > got[:-1]).all())

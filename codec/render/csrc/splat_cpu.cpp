@@ -504,6 +504,58 @@ at::Tensor render_backward_rows(at::Tensor xy, at::Tensor abc, at::Tensor rgb, a
   return out;
 }
 
+// Which of M drawable Gaussians (xy [M, 2], conic abc [M, 3], box int64 [M, 4]) cover a set pixel
+// of mask (bool [H, W]) with non-zero weight in the canonical render (h >= -4.5 inside the box,
+// h computed as forward_tiles does): bool [M]. The P-frame's choice of rows to optimise.
+at::Tensor touching(at::Tensor xy, at::Tensor abc, at::Tensor box, at::Tensor mask) {
+  TORCH_CHECK(xy.device().is_cpu() && xy.scalar_type() == at::kFloat &&
+                  abc.scalar_type() == at::kFloat && box.scalar_type() == at::kLong,
+              "touching needs float32 xy, abc and int64 boxes on the CPU");
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.dim() == 2, "mask must be bool [H, W]");
+  const int64_t m = xy.size(0);
+  TORCH_CHECK(xy.dim() == 2 && xy.size(1) == 2 && abc.dim() == 2 && abc.size(0) == m &&
+                  abc.size(1) == 3 && box.dim() == 2 && box.size(0) == m && box.size(1) == 4,
+              "touching needs xy [M, 2], abc [M, 3], box [M, 4]");
+  xy = xy.contiguous();
+  abc = abc.contiguous();
+  box = box.contiguous();
+  mask = mask.contiguous();
+  const int64_t h = mask.size(0), w = mask.size(1);
+  const float* pxy = xy.data_ptr<float>();
+  const float* pabc = abc.data_ptr<float>();
+  const int64_t* pbox = box.data_ptr<int64_t>();
+  const bool* pm = mask.data_ptr<bool>();
+  at::Tensor out = at::zeros({m}, at::TensorOptions().dtype(at::kBool));
+  bool* po = out.data_ptr<bool>();
+#pragma omp parallel for schedule(dynamic, 64) num_threads(at::get_num_threads())
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t* bx = pbox + 4 * i;
+    const int64_t x0 = std::max<int64_t>(bx[0], 0), x1 = std::min<int64_t>(bx[1], w - 1);
+    const int64_t y0 = std::max<int64_t>(bx[2], 0), y1 = std::min<int64_t>(bx[3], h - 1);
+    const float cx = pxy[2 * i], cy = pxy[2 * i + 1];
+    const float a = -0.5f * pabc[3 * i], b2 = 2.0f * (-0.5f * pabc[3 * i + 1]),
+                c = -0.5f * pabc[3 * i + 2];
+    bool hit = false;
+    for (int64_t py = y0; py <= y1 && !hit; ++py) {
+      const float dy = (static_cast<float>(py) + 0.5f) - cy;
+      const float t3 = (c * dy) * dy;
+      const bool* row = pm + py * w;
+      for (int64_t px = x0; px <= x1; ++px) {
+        if (!row[px]) continue;
+        const float dx = (static_cast<float>(px) + 0.5f) - cx;
+        float hh = (a * dx) * dx + (b2 * dx) * dy;
+        hh = hh + t3;
+        if (hh >= CUTOFF) {
+          hit = true;
+          break;
+        }
+      }
+    }
+    po[i] = hit;
+  }
+  return out;
+}
+
 // The fit loop's per-iteration statistics of a rendering img against target (float32 [H, W, 3],
 // C-contiguous) in one pass, so the loop needs no per-pixel PyTorch operations:
 //   out[0] = sum (img - target)^2                          (the squared error, float64 sums)
@@ -633,5 +685,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("render_backward", &render_backward, "fused tile render backward (CPU)");
   m.def("render_backward_rows", &render_backward_rows,
         "fused tile render backward to the rows' xy, chol, rgb (CPU)");
+  m.def("touching", &touching, "Gaussians covering a masked pixel in the canonical render (CPU)");
   m.def("residual_stats", &residual_stats, "fit-loop error statistics and MSE gradient (CPU)");
 }
