@@ -357,9 +357,10 @@ class _Objective:
     ``static + render(fake_quant(rows.clamped()))`` against ``target``, with the loop's
     statistics: PSNR and the pixels of ``changed`` still unresolved at ``threshold``.
 
-    With a :class:`GradBackend` on the CPU and plain MSE (every preset's fits) the gradient comes from the backend's pullback and closed-form chain rules, one C++ pass
-    computes the statistics, and no autograd graph is built; otherwise autograd does it all. The
-    two agree up to float rounding (tests/codec/test_fit_objective.py).
+    With a :class:`GradBackend` on the CPU and plain MSE (every preset's fits) the gradient
+    comes from the backend's pullback and closed-form chain rules, one C++ pass computes the
+    statistics, and no autograd graph is built; otherwise autograd does it all. The two agree
+    up to float rounding (tests/codec/test_fit_objective.py).
     """
 
     def __init__(

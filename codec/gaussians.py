@@ -101,30 +101,6 @@ def conic(chol: Tensor) -> Tensor:
     return torch.stack([syy / det, -sxy / det, sxx / det], dim=1)
 
 
-def conic_vjp(chol: Tensor, grad_abc: Tensor) -> Tensor:
-    """Gradient [N, 3] with respect to ``chol`` [N, 3] of ``sum(grad_abc * conic(chol))``.
-
-    Written out (``conic`` is L^-T L^-1): with A = 1/l11^2 + l21^2/(l11 l22)^2,
-    B = -l21/(l11 l22^2), C = 1/l22^2,
-    dA = (-2A/l11, 2 l21/(l11 l22)^2, -2 l21^2/(l11^2 l22^3)), dB = (-B/l11, -1/(l11 l22^2),
-    -2B/l22), dC = (0, 0, -2/l22^3). Equal to autograd through :func:`conic` up to rounding.
-    """
-    l11, l21, l22 = chol.unbind(dim=1)
-    ga, gb, gc = grad_abc.unbind(dim=1)
-    i11, i22 = 1.0 / l11, 1.0 / l22
-    i22sq = i22 * i22
-    a = i11 * i11 + (l21 * i11 * i22) ** 2
-    b = -l21 * i11 * i22sq
-    g11 = ga * (-2.0 * a * i11) + gb * (-b * i11)
-    g21 = ga * (2.0 * l21 * (i11 * i22) ** 2) + gb * (-i11 * i22sq)
-    g22 = (
-        ga * (-2.0 * l21 * l21 * i11 * i11 * i22sq * i22)
-        + gb * (-2.0 * b * i22)
-        + gc * (-2.0 * i22sq * i22)
-    )
-    return torch.stack([g11, g21, g22], dim=1)
-
-
 def radius_3sigma(chol: Tensor) -> Tensor:
     """Half-extent [N, 2] (rx, ry) in pixels of the axis-aligned box around the 3-sigma ellipse."""
     s = covariance(chol)

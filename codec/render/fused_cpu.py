@@ -127,7 +127,7 @@ class FusedCpuBackend:
         n = len(g)
 
         def vjp(grad_img: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            # one C++ call: backward, conic chain rule (conic_vjp), scatter to the N rows
+            # one C++ call: backward, the conic's chain rule, scatter to the N rows
             grads = self._ext.render_backward_rows(
                 xy, abc, rgb, box, start, ids, grad_img, chol.contiguous(), idx, n
             )  # [N, 8]

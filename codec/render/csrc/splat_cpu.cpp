@@ -460,7 +460,10 @@ std::vector<at::Tensor> render_backward(at::Tensor xy, at::Tensor abc, at::Tenso
 // render_backward for the fit loop: the gradients of the N rows the M drawable ones came from,
 // float32 [N, 8] = (xy, chol, rgb), zero for rows that draw nothing. ``chol`` [M, 3] are the
 // drawable rows' Cholesky factors (the conic's source) and ``idx`` int64 [M] their rows. The
-// conic's chain rule is codec.gaussians.conic_vjp, written out in float32.
+// conic's chain rule (codec.gaussians.conic is L^-T L^-1): with A = 1/l11^2 + l21^2/(l11 l22)^2,
+// B = -l21/(l11 l22^2), C = 1/l22^2, dA = (-2A/l11, 2 l21/(l11 l22)^2, -2 l21^2/(l11^2 l22^3)),
+// dB = (-B/l11, -1/(l11 l22^2), -2B/l22), dC = (0, 0, -2/l22^3). tests/codec/test_fit_objective.py
+// holds the result to autograd through conic().
 at::Tensor render_backward_rows(at::Tensor xy, at::Tensor abc, at::Tensor rgb, at::Tensor box,
                                 at::Tensor start, at::Tensor ids, at::Tensor grad_img,
                                 at::Tensor chol, at::Tensor idx, int64_t n) {
