@@ -66,6 +66,13 @@ class FitConfig:
     # its distortion model
     budget: BudgetMode = "density"
     budget_fit_gain: float = 0.4
+    # "rd" budget over the GOP: each block's distortion counts persistence**budget_persistence
+    # times, persistence = the frames its content lives for (codec.init.block_persistence, with
+    # budget_persistence_tau in 8-bit levels^2); 0 = the I-frame alone
+    budget_persistence: float = 0.0
+    budget_persistence_tau: float = 16.0
+    # ... and a Gaussian's bits count 1 + budget_update_cost * (frames its block has changed)
+    budget_update_cost: float = 0.0
     # with densify: the I-frame starts from this share of its budget and densification (splits
     # and seeds) grows it to the budget
     budget_init_share: float = 1.0
@@ -138,6 +145,9 @@ class FitConfig:
     def __post_init__(self) -> None:
         _check_range("gaussians_per_kpx", self.gaussians_per_kpx, 0.5, 1000.0)
         _check_range("budget_fit_gain", self.budget_fit_gain, 1e-4, 100.0)
+        _check_range("budget_persistence", self.budget_persistence, 0.0, 2.0)
+        _check_range("budget_persistence_tau", self.budget_persistence_tau, 1e-3, 1e6)
+        _check_range("budget_update_cost", self.budget_update_cost, 0.0, 10.0)
         _check_range("budget_init_share", self.budget_init_share, 0.05, 1.0)
         _check_range("densify_split_share", self.densify_split_share, 0.0, 1.0)
         _check_range("densify_prune_bits", self.densify_prune_bits, 0.0, 1e4)

@@ -174,12 +174,14 @@ def _code_iframe(
     roi_mask: Tensor | None,
     gen: torch.Generator,
     device: torch.device,
+    following: np.ndarray | None = None,
 ) -> tuple[QGaussians, QuantGrid, bytes, int]:
     """Fit (on ``device``), quantise and entropy-code (on the CPU) an I-frame; returns (state in
-    canonical order, its grid, bytes, iters)."""
+    canonical order, its grid, bytes, iters). ``following``: uint8 [T, H, W, 3], this frame and
+    the rest of the GOP (the budget may weigh how long each region lives)."""
     h, w, _ = frame.shape
     attr_bits = max(cfg.quant.chol_bits, cfg.quant.rgb_bits)
-    n = iframe_budget(frame, cfg.fit, attr_bits, gaussian_count(cfg, h, w))
+    n = iframe_budget(frame, cfg.fit, attr_bits, gaussian_count(cfg, h, w), following)
     # with densification the fit starts below its budget and grows into it (codec.densify)
     n_init = max(1, round(cfg.fit.budget_init_share * n)) if cfg.fit.densify else n
     init = _initialise(frame, n_init, cfg, roi_mask, gen)
@@ -301,7 +303,7 @@ def encode_gop_report(
 
     start, cpu_start = time.perf_counter(), time.process_time()
     frame = to_float(frames[0])
-    q_state, grid, data, iters = _code_iframe(frame, config, backend, roi, gen, dev)
+    q_state, grid, data, iters = _code_iframe(frame, config, backend, roi, gen, dev, frames)
     header_grid = grid  # a scene cut brings its own grid in its record; the header keeps the first
     ctx: np.ndarray | None = None  # rows the previous P-frame changed or added (entropy context)
     models = ModelMemory()  # histograms the P-frames since the last I-frame sent
@@ -334,7 +336,9 @@ def encode_gop_report(
         cut = config.fit.scene_cut_psnr_db
         if cut > 0 and _is_scene_cut(psnr_db(frames[t], recon[t - 1]), stats[-1].psnr_db, cut):
             # scene cut: the reference has little to offer, start this frame afresh
-            q_state, grid, data, iters = _code_iframe(frame, config, backend, roi, gen, dev)
+            q_state, grid, data, iters = _code_iframe(
+                frame, config, backend, roi, gen, dev, frames[t:]
+            )
             ctx, models = None, ModelMemory()
             if config.quant.mode == "qat":
                 fake_quant = _fake_quant_on(grid)

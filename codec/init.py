@@ -291,6 +291,29 @@ BUDGET_FIT_GAIN = 0.4
 MAX_BUDGET_PER_PX = 0.25  # never more than one Gaussian per 4 pixels
 
 
+def block_persistence(frames: NDArray[np.uint8], tau: float) -> NDArray[np.float64]:
+    """How many frames of the GOP each block of the I-frame ``frames[0]`` lives for: float64
+    [By, Bx] (BUDGET_BLOCK_PX blocks), ``1 + sum_t rho_t`` where ``rho_t = exp(-m_t / tau)`` and
+    ``m_t`` is the largest mean squared difference (8-bit levels^2 per pixel and channel) of the
+    block between ``frames[0]`` and any frame up to ``t`` (``frames`` uint8 [T, H, W, 3]). A static
+    block scores T: its detail, once sent, is shown in every frame for free; a block that changes
+    at once scores about 1. The analogue of x264's macroblock tree for the Gaussian budget."""
+    t_count, h, w, _ = frames.shape
+    b = BUDGET_BLOCK_PX
+    by, bx = -(-h // b), -(-w // b)
+    pad = ((0, by * b - h), (0, bx * b - w))
+    ones = np.pad(np.ones((h, w)), pad).reshape(by, b, bx, b).sum(axis=(1, 3))
+    first = frames[0].astype(np.float32)
+    worst = np.zeros((by, bx))
+    total = np.ones((by, bx))
+    for t in range(1, t_count):
+        d2 = ((frames[t].astype(np.float32) - first) ** 2).mean(axis=2)
+        m = np.pad(d2.astype(np.float64), pad).reshape(by, b, bx, b).sum(axis=(1, 3)) / ones
+        worst = np.maximum(worst, m)
+        total += np.exp(-worst / tau)
+    return total
+
+
 def block_distortion(
     frame: Tensor | NDArray[np.floating], spacings: tuple[float, ...] = BUDGET_SPACINGS_PX
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -324,6 +347,8 @@ def rd_gaussian_count(
     *,
     fit_gain: float = BUDGET_FIT_GAIN,
     n_max: int | None = None,
+    weight: NDArray[np.float64] | None = None,
+    bits_weight: NDArray[np.float64] | None = None,
 ) -> int:
     """The I-frame Gaussian budget of ``frame`` (float [H, W, 3] in 0..1) at a level's lambda.
 
@@ -331,7 +356,11 @@ def rd_gaussian_count(
     ``fit_gain * D_blur(s) + lambda * bits_per_gaussian * area / s^2`` (J = D + lambda R with the
     same lambda, in levels^2 per bit, as the P-frame choices of codec.rdo) and returns the sum of
     ``area / s^2`` over blocks: a flat block gets one Gaussian per 32 x 32 pixels, a textured one
-    up to one per 4 pixels. Clamped to [MIN_IFRAME_GAUSSIANS, min(n_max, MAX_BUDGET_PER_PX * H*W)]."""
+    up to one per 4 pixels. ``weight`` (float64 [By, Bx], default 1) scales each block's D: how
+    many frames its detail is worth (:func:`block_persistence`); ``bits_weight`` (float64
+    [By, Bx], default 1) scales each block's bits per Gaussian (the P-frame updates a Gaussian
+    of a moving block will cost). Clamped to
+    [MIN_IFRAME_GAUSSIANS, min(n_max, MAX_BUDGET_PER_PX * H*W)]."""
     if lam_levels2_per_bit <= 0 or bits_per_gaussian <= 0 or fit_gain <= 0:
         raise CodecConfigError(
             "rd_gaussian_count needs lambda, bits_per_gaussian and fit_gain > 0; got "
@@ -340,7 +369,10 @@ def rd_gaussian_count(
     dist, area = block_distortion(frame)
     spacing = np.asarray(BUDGET_SPACINGS_PX, dtype=np.float64)[:, None, None]
     count = area[None] / spacing**2  # [S, By, Bx]
-    cost = fit_gain * dist + lam_levels2_per_bit * bits_per_gaussian * count
+    if weight is not None:
+        dist = dist * weight[None]
+    bits = bits_per_gaussian if bits_weight is None else bits_per_gaussian * bits_weight[None]
+    cost = fit_gain * dist + lam_levels2_per_bit * bits * count
     best = np.argmin(cost, axis=0)
     n = float(np.take_along_axis(count, best[None], axis=0).sum())
     h, w = _as_numpy_frame(frame).shape[:2]
@@ -356,15 +388,36 @@ GAUSSIAN_BITS_BASE, GAUSSIAN_BITS_PER_DEPTH = 12.0, 4.5
 
 
 def iframe_budget(
-    frame: Tensor | NDArray[np.floating], fit: FitConfig, attr_bits: int, n_density: int
+    frame: Tensor | NDArray[np.floating],
+    fit: FitConfig,
+    attr_bits: int,
+    n_density: int,
+    following: NDArray[np.uint8] | None = None,
 ) -> int:
     """The I-frame's Gaussian count under ``fit.budget``: ``"density"`` scales ``n_density``
     down on flat frames (:func:`count_for_detail`); ``"rd"`` is :func:`rd_gaussian_count` at
-    ``fit.pframe_rd_lambda`` (when above 0) for Gaussians of ``attr_bits``-bit attributes."""
+    ``fit.pframe_rd_lambda`` (when above 0) for Gaussians of ``attr_bits``-bit attributes, with
+    each block's distortion weighted by its :func:`block_persistence` over ``following`` (uint8
+    [T, H, W, 3]: this frame and the rest of its GOP) to the power ``fit.budget_persistence``,
+    and its bits per Gaussian by ``1 + fit.budget_update_cost * (T - persistence)``: one update
+    of a Gaussian per frame its block has changed, at that share of an intra Gaussian's bits."""
     if fit.budget == "density" or fit.pframe_rd_lambda <= 0:
         return count_for_detail(n_density, frame)
     bits = GAUSSIAN_BITS_BASE + GAUSSIAN_BITS_PER_DEPTH * attr_bits
-    return rd_gaussian_count(frame, fit.pframe_rd_lambda, bits, fit_gain=fit.budget_fit_gain)
+    weight = bits_weight = None
+    gop_aware = fit.budget_persistence > 0 or fit.budget_update_cost > 0
+    if gop_aware and following is not None and len(following) > 1:
+        persist = block_persistence(following, fit.budget_persistence_tau)
+        weight = persist**fit.budget_persistence
+        bits_weight = 1.0 + fit.budget_update_cost * (len(following) - persist)
+    return rd_gaussian_count(
+        frame,
+        fit.pframe_rd_lambda,
+        bits,
+        fit_gain=fit.budget_fit_gain,
+        weight=weight,
+        bits_weight=bits_weight,
+    )
 
 
 def superpixel_init(

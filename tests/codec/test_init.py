@@ -233,3 +233,33 @@ def test_rd_budget_grows_with_detail_and_falls_with_lambda() -> None:
     half = textured.copy()
     half[:, 64:] = 0.4  # half the frame flat: about half the textured count
     assert 0.35 < rd_gaussian_count(half, 250.0, 40.0) / counts[2] < 0.65
+
+
+def test_block_persistence_counts_the_frames_a_block_lives_for() -> None:
+    from codec.init import BUDGET_BLOCK_PX, block_persistence
+
+    b = BUDGET_BLOCK_PX
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 256, (2 * b, 3 * b - 5, 3), dtype=np.uint8)  # odd width: edge blocks
+    frames = np.repeat(first[None], 8, axis=0)
+    frames[1:, :b, :b] = 255 - frames[1:, :b, :b]  # block (0, 0) changes at once
+    frames[4:, b:, b : 2 * b] = 0  # block (1, 1) changes at frame 4 ...
+    frames[6:, b:, b : 2 * b] = first[b:, b : 2 * b]  # ... and its return does not count
+    p = block_persistence(frames, 16.0)
+    assert p.shape == (2, 3)
+    assert p[0, 1] == pytest.approx(8.0)  # static: all 8 frames
+    assert p[0, 0] == pytest.approx(1.0, abs=1e-6)  # only its own frame
+    assert p[1, 1] == pytest.approx(4.0, abs=1e-6)  # frames 0..3
+    assert np.array_equal(p, block_persistence(frames, 16.0))  # deterministic
+
+
+def test_rd_budget_weight_buys_detail_where_it_lives() -> None:
+    from codec.init import rd_gaussian_count
+
+    yy, xx = np.mgrid[0:96, 0:128].astype(np.float32)
+    pattern = 0.5 + 0.2 * np.sin(xx / 3.7) * np.cos(yy / 4.3)
+    frame = np.repeat(pattern[..., None], 3, axis=2).astype(np.float32)
+    plain = rd_gaussian_count(frame, 250.0, 40.0)
+    ones = np.ones((6, 8))
+    assert rd_gaussian_count(frame, 250.0, 40.0, weight=ones) == plain
+    assert rd_gaussian_count(frame, 250.0, 40.0, weight=8 * ones) > plain  # lives 8 frames
