@@ -275,11 +275,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         )
 
         def update(state: dict[str, Any]) -> None:
-            total = state.get("gops_total")
+            # frames once the service has probed the clip (they move within a GOP), else GOPs
+            if state.get("frames_total"):
+                bar.unit, total, done = "frame", state["frames_total"], state.get("frames_done")
+            else:
+                bar.unit, total, done = "GOP", state.get("gops_total"), state.get("gops_done")
             if total and bar.total != total:
                 bar.total = total
             bar.set_description(str(state.get("phase") or state.get("status")))
-            bar.n = int(state.get("gops_done") or 0)
+            bar.n = int(done or 0)
             bar.update(0)  # redraws only when mininterval has passed
 
         try:

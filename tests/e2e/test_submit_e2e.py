@@ -140,9 +140,12 @@ def test_submit_wait_download_decode(
             ]
         )
         elapsed = time.monotonic() - started
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert code == 0, out
     assert "PSNR" in out
+    # the progress bar (stderr) counts frames once the clip is probed, and ends at all of them
+    assert "6/6" in captured.err and "frame/s" in captured.err, captured.err[-2000:]
     assert sorted(p.name for p in out_dir.iterdir()) == [
         "manifest.json",
         "preview.mp4",
