@@ -289,13 +289,15 @@ BUDGET_SPACINGS_PX = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 BUDGET_BLUR_PER_SPACING = 0.5
 BUDGET_FIT_GAIN = 0.4
 MAX_BUDGET_PER_PX = 0.25  # never more than one Gaussian per 4 pixels
+PERSIST_POOL_PX = 4  # block_persistence compares the means of 4x4-pixel cells (divides 16)
+BUDGET_UPDATE_LAMBDA = 30.0  # lambda at which a changed block's Gaussian costs half an update
 
 
 def block_persistence(frames: NDArray[np.uint8], tau: float) -> NDArray[np.float64]:
     """How many frames of the GOP each block of the I-frame ``frames[0]`` lives for: float64
     [By, Bx] (BUDGET_BLOCK_PX blocks), ``1 + sum_t rho_t`` where ``rho_t = exp(-m_t / tau)`` and
     ``m_t`` is the largest mean squared difference (8-bit levels^2 per pixel and channel) of the
-    block between ``frames[0]`` and any frame up to ``t`` (``frames`` uint8 [T, H, W, 3]). A static
+    block's 4x4-cell means between ``frames[0]`` and any frame up to ``t`` (``frames`` uint8 [T, H, W, 3]). A static
     block scores T: its detail, once sent, is shown in every frame for free; a block that changes
     at once scores about 1. The analogue of x264's macroblock tree for the Gaussian budget."""
     t_count, h, w, _ = frames.shape
@@ -303,12 +305,22 @@ def block_persistence(frames: NDArray[np.uint8], tau: float) -> NDArray[np.float
     by, bx = -(-h // b), -(-w // b)
     pad = ((0, by * b - h), (0, bx * b - w))
     ones = np.pad(np.ones((h, w)), pad).reshape(by, b, bx, b).sum(axis=(1, 3))
-    first = frames[0].astype(np.float32)
+    c = PERSIST_POOL_PX
+    cells = b // c
+
+    def low(frame: NDArray[np.uint8]) -> NDArray[np.float64]:
+        # means of c x c cells (inside each block) first, so sensor noise (which the P-frames
+        # leave alone) does not count as change: its variance drops c^2-fold, a moved edge's
+        # does not. [by * cells, bx * cells, 3]
+        a = np.pad(frame.astype(np.float64), (*pad, (0, 0)))
+        return a.reshape(by * cells, c, bx * cells, c, 3).mean(axis=(1, 3))
+
+    first = low(frames[0])
     worst = np.zeros((by, bx))
     total = np.ones((by, bx))
     for t in range(1, t_count):
-        d2 = ((frames[t].astype(np.float32) - first) ** 2).mean(axis=2)
-        m = np.pad(d2.astype(np.float64), pad).reshape(by, b, bx, b).sum(axis=(1, 3)) / ones
+        d2 = ((low(frames[t]) - first) ** 2).mean(axis=2) * (c * c)  # per cell, summed over px
+        m = d2.reshape(by, cells, bx, cells).sum(axis=(1, 3)) / ones
         worst = np.maximum(worst, m)
         total += np.exp(-worst / tau)
     return total
@@ -399,8 +411,10 @@ def iframe_budget(
     ``fit.pframe_rd_lambda`` (when above 0) for Gaussians of ``attr_bits``-bit attributes, with
     each block's distortion weighted by its :func:`block_persistence` over ``following`` (uint8
     [T, H, W, 3]: this frame and the rest of its GOP) to the power ``fit.budget_persistence``,
-    and its bits per Gaussian by ``1 + fit.budget_update_cost * (T - persistence)``: one update
-    of a Gaussian per frame its block has changed, at that share of an intra Gaussian's bits."""
+    and its bits per Gaussian by ``1 + kappa * (T - persistence)``: an update of the Gaussian
+    per frame its block has changed, ``kappa = fit.budget_update_cost / (1 + lambda /
+    BUDGET_UPDATE_LAMBDA)`` of an intra Gaussian's bits (a high lambda, a low level, updates
+    rarely: its P-frames let the picture degrade instead)."""
     if fit.budget == "density" or fit.pframe_rd_lambda <= 0:
         return count_for_detail(n_density, frame)
     bits = GAUSSIAN_BITS_BASE + GAUSSIAN_BITS_PER_DEPTH * attr_bits
@@ -409,7 +423,8 @@ def iframe_budget(
     if gop_aware and following is not None and len(following) > 1:
         persist = block_persistence(following, fit.budget_persistence_tau)
         weight = persist**fit.budget_persistence
-        bits_weight = 1.0 + fit.budget_update_cost * (len(following) - persist)
+        kappa = fit.budget_update_cost / (1.0 + fit.pframe_rd_lambda / BUDGET_UPDATE_LAMBDA)
+        bits_weight = 1.0 + kappa * (len(following) - persist)
     return rd_gaussian_count(
         frame,
         fit.pframe_rd_lambda,

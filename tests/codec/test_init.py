@@ -251,6 +251,9 @@ def test_block_persistence_counts_the_frames_a_block_lives_for() -> None:
     assert p[0, 0] == pytest.approx(1.0, abs=1e-6)  # only its own frame
     assert p[1, 1] == pytest.approx(4.0, abs=1e-6)  # frames 0..3
     assert np.array_equal(p, block_persistence(frames, 16.0))  # deterministic
+    # sensor noise is not change: a static picture with fresh noise every frame lives on
+    noisy = np.clip(first[None] + rng.normal(0, 6, (8, *first.shape)), 0, 255).astype(np.uint8)
+    assert block_persistence(noisy, 16.0).min() > 4.0  # per pixel it would score about 1
 
 
 def test_rd_budget_weight_buys_detail_where_it_lives() -> None:
