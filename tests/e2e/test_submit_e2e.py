@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,7 +118,6 @@ def test_submit_wait_download_decode(
     src = make_video(tmp_path / "clip.mp4", n_frames=6)
     out_dir = tmp_path / "outputs"
     with running_runner(tmp_path, db_url, s3_endpoint, storage, session_factory, "e2e-runner"):
-        started = time.monotonic()
         code = main(
             [
                 "submit",
@@ -139,7 +137,6 @@ def test_submit_wait_download_decode(
                 "0.3",
             ]
         )
-        elapsed = time.monotonic() - started
     captured = capsys.readouterr()
     out = captured.out
     assert code == 0, out
@@ -184,7 +181,8 @@ def test_submit_wait_download_decode(
     assert main(["jobs", "--api", api_url, "--key", api_key]) == 0
     listing = capsys.readouterr().out
     assert job_id in listing and "succeeded" in listing
-    assert elapsed < 120
+    # no wall-time assertion: pytest-timeout (300 s, pyproject.toml) guards a hang, and a
+    # loaded machine made a 120 s bound flake (162 s once at load 4)
 
 
 @pytest.mark.slow
