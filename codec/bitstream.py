@@ -3,7 +3,7 @@
 Layout (all integers little-endian; ``varint`` is canonical unsigned LEB128, at most 5 bytes):
 
     magic   4 bytes  b"SPGP"
-    version u8       GOP_FORMAT_VERSION (6; 1 .. 5 are still read: they have no enhancer field)
+    version u8       GOP_FORMAT_VERSION (7; 1 .. 6 are still read: 1 .. 5 have no enhancer field)
     flags   u8       free for the GOP coder (codec/gop.py); carried unchanged
     height  varint   1 .. 65535
     width   varint   1 .. 65535
@@ -13,11 +13,11 @@ Layout (all integers little-endian; ``varint`` is canonical unsigned LEB128, at 
         kind   u8     0 = I, 1 = P (the first must be I)
         length varint bytes of data, at most what is left of the payload
         data   length bytes (codec.entropy intra / inter record)
-    (version 6 only) enhancer:
+    (versions 6 and 7) enhancer:
         length varint 0 (no enhancer record) .. MAX_ENHANCER_BYTES
         data   length bytes (codec.enhance.record)
 
-Nothing may follow the last frame (versions 1 .. 5) or the enhancer field (6). See docs/FORMAT.md.
+Nothing may follow the last frame (versions 1 .. 5) or the enhancer field (6, 7). See docs/FORMAT.md.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ if TYPE_CHECKING:  # codec.quant (and torch) load only when a payload is parsed,
     from codec.quant import QuantGrid  # reader can refuse a hostile file before loading torch
 
 GOP_MAGIC = b"SPGP"
-GOP_FORMAT_VERSION = 6  # 2: geometric Cholesky diagonal levels; 3: median-of-3 motion predictor;
+GOP_FORMAT_VERSION = 7  # 2: geometric Cholesky diagonal levels; 3: median-of-3 motion predictor;
 # 4: refinement byte in the quantisation grid (finer P-frame levels); 5: P-frame model reuse;
-# 6: enhancer field after the frame records
+# 6: enhancer field after the frame records; 7: the enhancer record may carry a per-GOP
+# filter (codec/enhance/record.py flag bits 3-4), the frames are as in 6
 OLDEST_GOP_FORMAT = 1  # every format since the first still decodes (tests/fixtures/gsv/)
 ENHANCER_MIN_VERSION = 6  # formats before it have no enhancer field (decode as "no record")
 MAX_ENHANCER_BYTES = 65_536

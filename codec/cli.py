@@ -588,13 +588,16 @@ def gsv_info(source: Any) -> dict[str, Any]:
                 raise BitstreamError(
                     f"GOP header says {header.n_frames} frames, the index {g.n_frames}"
                 )
-            rec = decode_record(enhancer, N_MOD) if enhancer else None
+            rec = decode_record(enhancer, N_MOD, header.version) if enhancer else None
             row["gop_format"] = header.version
             row["kinds"] = "".join("IPS"[int(k)] for k, _ in records)
             row["enhancer_bytes"] = len(enhancer)
             if rec is not None:
+                net_kind = "base" if rec.levels is None else "modulated"
+                if rec.filter_levels is not None:
+                    net_kind = "filter" if not rec.run_network else f"{net_kind}+filter"
                 row["enhancer"] = {
-                    "kind": "base" if rec.levels is None else "modulated",
+                    "kind": net_kind,
                     "t": round(rec.t, 3),
                     "model_tag": f"{rec.model_tag:04x}",
                 }

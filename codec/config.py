@@ -25,7 +25,7 @@ QuantMode = Literal["ptq", "qat"]
 PresetName = Literal["ultrafast", "fast", "slow"]
 PRESETS: tuple[str, ...] = ("ultrafast", "fast", "slow")  # the speed ladder, fastest first
 EnhanceMode = Literal["off", "base", "on"]
-ENHANCE_MODES = ("off", "base", "on")
+ENHANCE_MODES = ("off", "base", "on", "filter")
 
 QUALITY_MIN, QUALITY_MAX = 1, 10
 # target-quality mode (codec/target.py): the targets a user may ask for, and the trial encodes

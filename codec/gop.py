@@ -471,7 +471,7 @@ def iter_gop_frames(
     With ``enhance`` (the default) a GOP that carries an enhancer record yields enhanced frames
     (a post-filter: the Gaussians are decoded the same); ``enhance=False`` gives the raw output."""
     header, coded, enhancer = unpack_gop_enhanced(payload)
-    post = frame_enhancer(enhancer) if enhance and enhancer else None
+    post = frame_enhancer(enhancer, header.version) if enhance and enhancer else None
     h, w, t_count = header.height, header.width, header.n_frames
     what = "GOP"
     if expect is not None and expect != (t_count, w, h):

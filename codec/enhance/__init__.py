@@ -13,9 +13,9 @@ from collections.abc import Callable
 import numpy as np
 
 from codec.config import CodecConfig
-from codec.enhance.adapt import EnhanceChoice, apply_record, choose_enhancement, run_network
+from codec.enhance.adapt import EnhanceChoice, apply_parsed, apply_record, choose_enhancement
 from codec.enhance.model import N_MOD
-from codec.enhance.record import decode_record
+from codec.enhance.record import FILTER_MIN_FORMAT, decode_record
 from codec.enhance.weights import EnhancerWeightsError, load_enhancer, model_tag
 
 __all__ = [
@@ -40,24 +40,30 @@ def enhance_gop(source: np.ndarray, recon: np.ndarray, config: CodecConfig) -> E
     return choose_enhancement(source, recon, config.enhance, lam, seed=config.seed)
 
 
-def apply_enhancer(record: bytes, recon: np.ndarray) -> np.ndarray:
-    """The GOP decoder's hook: ``recon`` (uint8 [T, H, W, 3]) enhanced as ``record`` says."""
-    return apply_record(record, recon)
+def apply_enhancer(record: bytes, recon: np.ndarray, fmt: int = FILTER_MIN_FORMAT) -> np.ndarray:
+    """The GOP decoder's hook: ``recon`` (uint8 [T, H, W, 3]) enhanced as ``record`` (of GOP
+    format ``fmt``) says."""
+    return apply_record(record, recon, fmt=fmt)
 
 
-def frame_enhancer(record: bytes) -> Callable[[np.ndarray], np.ndarray]:
-    """The streaming decoder's hook: parse ``record`` and load the weights once, then enhance
-    frame by frame (uint8 [H, W, 3] -> uint8 [H, W, 3]), exactly as :func:`apply_enhancer` does
-    for a whole GOP. Raises BitstreamError on a malformed record, EnhancerWeightsError on
-    missing weights; a record made with other weights gives the identity, with a warning."""
-    rec = decode_record(record, N_MOD)
-    net, sha = load_enhancer()
-    if rec.model_tag != model_tag(sha):
-        warnings.warn(
-            f"this GOP's enhancer record was made with other enhancer weights (tag "
-            f"{rec.model_tag:04x}, these are {model_tag(sha):04x}); showing the frames un-enhanced",
-            stacklevel=2,
-        )
-        return lambda frame: frame
-    t, m = rec.t, rec.modulation()
-    return lambda frame: run_network(net, frame[None], t, m)[0]
+def frame_enhancer(
+    record: bytes, fmt: int = FILTER_MIN_FORMAT
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The streaming decoder's hook: parse ``record`` (of GOP format ``fmt``) and load the
+    weights once (only when it runs the network), then enhance frame by frame (uint8 [H, W, 3]
+    -> uint8 [H, W, 3]), exactly as :func:`apply_enhancer` does for a whole GOP. Raises
+    BitstreamError on a malformed record, EnhancerWeightsError on missing weights; a record made
+    with other weights gives the identity, with a warning."""
+    rec = decode_record(record, N_MOD, fmt)
+    net, tag = None, None
+    if rec.run_network:
+        net, sha = load_enhancer()
+        tag = model_tag(sha)
+        if rec.model_tag != tag:
+            warnings.warn(
+                f"this GOP's enhancer record was made with other enhancer weights (tag "
+                f"{rec.model_tag:04x}, these are {tag:04x}); showing the frames un-enhanced",
+                stacklevel=2,
+            )
+            return lambda frame: frame
+    return lambda frame: apply_parsed(rec, frame[None], net, tag)[0]

@@ -27,8 +27,11 @@ import numpy as np
 import torch
 
 from codec.bitstream import write_varint
+from codec.enhance import gopfilter
 from codec.enhance.model import N_MOD, EnhanceNet, strength_of_psnr
 from codec.enhance.record import (
+    FILTER_MAX,
+    FILTER_MIN_FORMAT,
     MOD_MAX,
     MOD_STEPS,
     EnhancerRecord,
@@ -43,7 +46,7 @@ FIT_STEPS = 40  # Adam steps fitting the modulation
 FIT_LR = 0.05
 FIT_FRAMES = 4  # frames of the GOP the modulation is fitted on (evenly spaced)
 FIT_SIDE = 192  # fitting crop side (px) per frame, centred
-ENHANCE_MODES = ("off", "base", "on")
+ENHANCE_MODES = ("off", "base", "on", "filter")
 
 
 @dataclass
@@ -131,15 +134,22 @@ def choose_enhancement(
 ) -> EnhanceChoice:
     """The encoder's enhancer decision for a GOP (uint8 [T, H, W, 3] source and decoded frames).
 
-    ``mode``: "base" (strength only) or "on" (strength and modulation); ``net``/``tag`` default
-    to the shipped weights."""
-    if mode not in ("base", "on"):
-        raise ValueError(f"enhance mode {mode!r}: choose_enhancement needs 'base' or 'on'")
+    ``mode``: "base" (strength only), "on" (strength, modulation and the per-GOP filter) or
+    "filter" (the per-GOP filter alone: no network, no weights); ``net``/``tag`` default to the
+    shipped weights."""
+    if mode not in ("base", "on", "filter"):
+        raise ValueError(
+            f"enhance mode {mode!r}: choose_enhancement needs 'base', 'on' or 'filter'"
+        )
     start = time.perf_counter()
+    sse_plain = sse(recon, source)
+    if mode == "filter":
+        cost, record, out, d = best_filter(source, recon, rd_lambda, sse_plain)
+        kind = "filter" if record else "none"
+        return EnhanceChoice(record, out, kind, 0.0, sse_plain, d, time.perf_counter() - start)
     if net is None or tag is None:
         net, sha = load_enhancer()
         tag = model_tag(sha)
-    sse_plain = sse(recon, source)
     n_px = recon.shape[0] * recon.shape[1] * recon.shape[2] * 3
     psnr = 10 * np.log10(255.0**2 * n_px / max(sse_plain, 1e-9))
     t0 = strength_of_psnr(float(psnr))
@@ -183,27 +193,83 @@ def choose_enhancement(
             cost = d + rd_lambda * _record_bits(data)
             if cost < best[0]:
                 best = (cost, data, out, "modulated", t, d)
+    if mode == "on":
+        cost, data, out, d = best_filter(source, recon, rd_lambda, sse_plain)
+        if data and cost < best[0]:
+            best = (cost, data, out, "filter", 0.0, d)
     _, record, enhanced, kind, t_best, d_best = best
     return EnhanceChoice(
         record, enhanced, kind, t_best, sse_plain, d_best, time.perf_counter() - start
     )
 
 
-def apply_record(
-    record: bytes, recon: np.ndarray, *, net: EnhanceNet | None = None, tag: int | None = None
+def best_filter(
+    source: np.ndarray, recon: np.ndarray, rd_lambda: float, sse_plain: float
+) -> tuple[float, bytes, np.ndarray, float]:
+    """The per-GOP filter (codec.enhance.gopfilter) with the least ``D + lambda R`` over its shapes
+    and steps, against sending nothing: (cost, record or b"", output uint8 [T, H, W, 3], D)."""
+    best: tuple[float, bytes, np.ndarray, float] = (sse_plain, b"", recon, sse_plain)
+    for shape in range(len(gopfilter.SHAPES)):
+        coefs = gopfilter.fit(recon, source, shape)
+        for step in range(len(gopfilter.STEP_BITS)):
+            levels = gopfilter.quantise(coefs, shape, gopfilter.STEP_BITS[step])
+            if np.abs(levels).max() > FILTER_MAX or not levels.any():
+                continue
+            rec = EnhancerRecord(
+                0,
+                0,
+                run_network=False,
+                filter_shape=shape,
+                filter_step=step,
+                filter_scale=scale_code_for(levels),
+                filter_levels=tuple(int(v) for v in levels.reshape(-1)),
+            )
+            data = encode_record(rec)
+            out = gopfilter.apply(recon, rec.filter_coefs(), shape)  # type: ignore[arg-type]
+            d = sse(out, source)
+            cost = d + rd_lambda * _record_bits(data)
+            if cost < best[0]:
+                best = (cost, data, out, d)
+    return best
+
+
+def apply_parsed(
+    rec: EnhancerRecord,
+    recon: np.ndarray,
+    net: EnhanceNet | None = None,
+    tag: int | None = None,
 ) -> np.ndarray:
-    """The decoder's side: ``recon`` (uint8 [T, H, W, 3]) enhanced as ``record`` says. A record
-    made with other weights (model tag mismatch) leaves the frames as decoded, with a warning.
-    Raises BitstreamError on a malformed record, EnhancerWeightsError on missing weights."""
-    if net is None or tag is None:
-        net, sha = load_enhancer()
-        tag = model_tag(sha)
-    rec = decode_record(record, N_MOD)
-    if rec.model_tag != tag:
-        warnings.warn(
-            f"this GOP's enhancer record was made with other enhancer weights (tag "
-            f"{rec.model_tag:04x}, these are {tag:04x}); showing the frames un-enhanced",
-            stacklevel=2,
-        )
-        return recon
-    return run_network(net, recon, rec.t, rec.modulation())
+    """uint8 [T, H, W, 3] ``recon`` enhanced as the parsed record says: the network (loading the
+    shipped weights when ``net`` is None) unless the record skips it, then its filter if any. A
+    record made with other weights (model tag mismatch) leaves the frames as decoded, with a
+    warning. Raises EnhancerWeightsError on missing weights (only records that run the network)."""
+    out = recon
+    if rec.run_network:
+        if net is None or tag is None:
+            net, sha = load_enhancer()
+            tag = model_tag(sha)
+        if rec.model_tag != tag:
+            warnings.warn(
+                f"this GOP's enhancer record was made with other enhancer weights (tag "
+                f"{rec.model_tag:04x}, these are {tag:04x}); showing the frames un-enhanced",
+                stacklevel=2,
+            )
+            return recon
+        out = run_network(net, recon, rec.t, rec.modulation())
+    coefs = rec.filter_coefs()
+    if coefs is not None:
+        out = gopfilter.apply(out, coefs, rec.filter_shape)
+    return out
+
+
+def apply_record(
+    record: bytes,
+    recon: np.ndarray,
+    *,
+    net: EnhanceNet | None = None,
+    tag: int | None = None,
+    fmt: int = FILTER_MIN_FORMAT,
+) -> np.ndarray:
+    """The decoder's side: ``recon`` (uint8 [T, H, W, 3]) enhanced as ``record`` (of GOP format
+    ``fmt``) says (:func:`apply_parsed`). Raises BitstreamError on a malformed record."""
+    return apply_parsed(decode_record(record, N_MOD, fmt), recon, net, tag)

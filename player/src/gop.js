@@ -5,7 +5,7 @@
 import { GsvError } from "./errors.js";
 import { ModelMemory, decodeInter, decodeIntra, readVarint } from "./entropy.js";
 
-export const GOP_FORMAT_VERSION = 6;
+export const GOP_FORMAT_VERSION = 7; // 7: the enhancer record (skipped here) may carry a per-GOP filter
 export const OLDEST_GOP_FORMAT = 1; // every earlier format still decodes (FORMAT.md section 6)
 // format 6 adds the enhancer field after the frame records (FORMAT.md section 2.1); this player
 // reads it and plays the raw Gaussian output (the enhancer is a post-filter it does not run)

@@ -14,8 +14,8 @@ import { renderFrame } from "../src/render_cpu.js";
 
 const FIXTURES = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "tests", "player", "fixtures");
 // legacy render (GOP flags 0) and canonical render (RENDER_CANONICAL) fixtures, and one file of
-// every earlier GOP format (gop_v1 .. gop_v5, from tests/fixtures/gsv/)
-const NAMES = ["synthetic", "synthetic_canonical", "encoded", "encoded_canonical", "gop_v1", "gop_v2", "gop_v3", "gop_v4", "gop_v5"];
+// every earlier GOP format (gop_v1 .. gop_v6, from tests/fixtures/gsv/)
+const NAMES = ["synthetic", "synthetic_canonical", "encoded", "encoded_canonical", "gop_v1", "gop_v2", "gop_v3", "gop_v4", "gop_v5", "gop_v6"];
 
 function load(name) {
   const read = (ext) => new Uint8Array(readFileSync(join(FIXTURES, `${name}${ext}`)));

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from codec.bitstream import unpack_gop_enhanced
+from codec.bitstream import GOP_FORMAT_VERSION, unpack_gop_enhanced
 from codec.config import CodecConfig
 from codec.enhance.weights import WEIGHTS_PATH, WEIGHTS_SHA256, file_sha256, load_enhancer
 from codec.errors import CodecConfigError
@@ -42,7 +42,7 @@ def test_config_enhance_setting() -> None:
         CodecConfig(enhance="maybe")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("mode", ["base", "on"])
+@pytest.mark.parametrize("mode", ["base", "on", "filter"])
 def test_enhancer_is_a_post_filter_and_round_trips(mode: str) -> None:
     frames = moving_blob_frames(t=3, h=40, w=44)
     off = encode_gop_report(frames, tiny_config())
@@ -54,12 +54,15 @@ def test_enhancer_is_a_post_filter_and_round_trips(mode: str) -> None:
     np.testing.assert_array_equal(decode_gop(res.payload, enhance=False), res.recon)
     np.testing.assert_array_equal(decode_gop(res.payload), res.output())
     assert len(unpack_gop_enhanced(off.payload)[2]) == 0
-    record = unpack_gop_enhanced(res.payload)[2]
-    assert len(record) == res.enhancer_bytes
+    header, _, record = unpack_gop_enhanced(res.payload)
+    assert len(record) == res.enhancer_bytes and header.version == GOP_FORMAT_VERSION
+    if mode == "filter":  # least squares on the GOP itself always lowers its error
+        assert record
     if record:  # kept only because it lowered the error (lambda 0: any gain pays)
         err = lambda out: float(((out.astype(float) - frames) ** 2).sum())  # noqa: E731
         assert err(res.output()) < err(res.recon)
-        assert res.enhance_kind in ("base", "modulated")
+        kinds = ("filter",) if mode == "filter" else ("base", "modulated", "filter")
+        assert res.enhance_kind in kinds
     else:
         assert res.enhanced is None and res.enhance_kind == "none"
 

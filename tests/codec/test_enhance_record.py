@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from codec.bitstream import GopHeader, pack_gop, unpack_gop_enhanced
-from codec.enhance import adapt
+from codec.bitstream import GOP_FORMAT_VERSION, GopHeader, pack_gop, unpack_gop_enhanced
+from codec.enhance import adapt, gopfilter
 from codec.enhance.model import N_MOD, EnhanceNet
 from codec.enhance.record import (
     MAX_MOD_BYTES,
@@ -99,7 +99,7 @@ def test_malformed_records(data: bytes) -> None:
         decode_record(data, N_MOD)
 
 
-def test_gop_format_6_enhancer_field_and_fuzz() -> None:
+def test_gop_format_enhancer_field_and_fuzz() -> None:
     payload = (DATA / "gop_v5.bin").read_bytes()
     header, frames, enh = unpack_gop_enhanced(payload)
     assert header.version == 5 and enh == b""
@@ -107,7 +107,7 @@ def test_gop_format_6_enhancer_field_and_fuzz() -> None:
     record = encode_record(modulated_record())
     v6 = pack_gop(v6_header, frames, record)
     h6, f6, e6 = unpack_gop_enhanced(v6)
-    assert h6.version == 6 and f6 == frames and e6 == record
+    assert h6.version == GOP_FORMAT_VERSION and f6 == frames and e6 == record
     for cut in range(len(v6) - len(record) - 2, len(v6)):
         with pytest.raises(BitstreamError):
             unpack_gop_enhanced(v6[:cut])
@@ -186,3 +186,86 @@ def test_rd_choice_never_loses_and_costs_nothing_when_it_does_not_pay(
         assert adapt.apply_record(free.record, plain, net=net, tag=tag).tobytes() == (
             free.enhanced.tobytes()
         )
+
+
+def filter_record(shape: int = 2, seed: int = 0, run_network: bool = False) -> EnhancerRecord:
+    rng = np.random.default_rng(seed)
+    levels = rng.integers(-40, 41, 3 * gopfilter.n_coefs(shape))
+    return EnhancerRecord(
+        0x1234 if run_network else 0,
+        77 if run_network else 0,
+        run_network=run_network,
+        filter_shape=shape,
+        filter_step=seed % len(gopfilter.STEP_BITS),
+        filter_scale=int(np.clip(round(float(np.abs(levels).mean()) * 16), 1, 255)),
+        filter_levels=tuple(int(v) for v in levels),
+    )
+
+
+@pytest.mark.parametrize("shape", range(len(gopfilter.SHAPES)))
+def test_filter_record_round_trips_and_format_6_refuses_it(shape: int) -> None:
+    for rec in (filter_record(shape), filter_record(shape, 1, run_network=True)):
+        data = encode_record(rec)
+        assert decode_record(data, N_MOD) == rec
+        with pytest.raises(BitstreamError, match="flag bits"):
+            decode_record(data, N_MOD, 6)  # bits 3-4 are format 7's
+    both = EnhancerRecord(
+        **{
+            **modulated_record().__dict__,
+            **{k: v for k, v in filter_record(shape).__dict__.items() if k.startswith("filter_")},
+        }
+    )
+    assert decode_record(encode_record(both), N_MOD) == both  # network, modulation, filter
+    with pytest.raises(ValueError):  # skipping the network needs a filter
+        encode_record(EnhancerRecord(0, 0, run_network=False))
+
+
+def test_filter_record_fuzz_gives_clear_errors_or_bounded_records() -> None:
+    data = encode_record(filter_record(2, 3))
+    rng = np.random.default_rng(1)
+    for cut in range(len(data)):
+        with pytest.raises(BitstreamError):
+            decode_record(data[:cut], N_MOD)
+    with pytest.raises(BitstreamError):
+        decode_record(data + b"\0", N_MOD)
+    for _ in range(300):
+        bad = bytearray(data)
+        i = int(rng.integers(0, len(bad)))
+        bad[i] ^= 1 << int(rng.integers(0, 8))
+        try:
+            rec = decode_record(bytes(bad), N_MOD)
+        except BitstreamError:
+            continue
+        if rec.filter_levels is not None:
+            assert len(rec.filter_levels) == 3 * gopfilter.n_coefs(rec.filter_shape)
+
+
+def test_gop_filter_fits_restores_and_is_identity_at_zero() -> None:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:40, 0:48].astype(np.float64)
+    src = np.stack([128 + 60 * np.sin(xx / 3 + t) * np.cos(yy / 4) for t in range(3)])
+    src = np.repeat(src[..., None], 3, axis=3) + rng.normal(0, 2, (3, 40, 48, 3))
+    src_u8 = np.clip(src, 0, 255).astype(np.uint8)
+    blurred = 0.5 * src + 0.25 * (np.roll(src, 1, axis=2) + np.roll(src, -1, axis=2))
+    dec_u8 = np.clip(blurred, 0, 255).astype(np.uint8)  # a soft "decoded" picture
+    for shape in range(len(gopfilter.SHAPES)):
+        assert np.array_equal(gopfilter.apply(dec_u8, gopfilter.identity(shape), shape), dec_u8)
+        coefs = gopfilter.fit(dec_u8, src_u8, shape)
+        out = gopfilter.apply(dec_u8, coefs, shape)
+        err = lambda a: float(((a.astype(float) - src_u8) ** 2).mean())  # noqa: E731
+        assert err(out) < 0.7 * err(dec_u8)  # the filter sharpens the blur back
+        lv = gopfilter.quantise(coefs, shape, 10)
+        back = gopfilter.dequantise(lv, shape, 10)
+        assert np.abs(back - coefs).max() <= 0.5 / 1024 + 1e-12
+
+
+def test_filter_only_record_decodes_without_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_weights() -> None:
+        raise AssertionError("a filter-only record must not load the network")
+
+    monkeypatch.setattr(adapt, "load_enhancer", no_weights)
+    rec = filter_record(0, 2)
+    frames = np.random.default_rng(0).integers(0, 256, (2, 9, 11, 3), dtype=np.uint8)
+    out = adapt.apply_record(encode_record(rec), frames)
+    expected = gopfilter.apply(frames, rec.filter_coefs(), 0)  # type: ignore[arg-type]
+    assert np.array_equal(out, expected)

@@ -341,10 +341,10 @@ FIXTURES: dict[str, Callable[[Path], None] | None] = {
     "encoded": None,
     "encoded_canonical": _encoded,
     # every earlier GOP format (copies of tests/fixtures/gsv/gop_v*.gsv, legacy render)
-    **{f"gop_v{v}": None for v in range(1, 6)},
+    **{f"gop_v{v}": None for v in range(1, 7)},
 }
 FROZEN_SOURCES = {
-    f"gop_v{v}": FIXTURE_DIR.parents[1] / "fixtures/gsv" / f"gop_v{v}.gsv" for v in range(1, 6)
+    f"gop_v{v}": FIXTURE_DIR.parents[1] / "fixtures/gsv" / f"gop_v{v}.gsv" for v in range(1, 7)
 }
 
 
