@@ -9,7 +9,8 @@ exactly what ``encode_gop(..., enhance=...)`` would write:
   mode "base" on the same reconstruction: the ablation row "base network");
 - on: what the encoder wrote (strength, plus the per-GOP modulation where D + lambda R pays);
 - on_lambda0: the same with lambda 0 (a record is kept wherever it lowers the error at all, its
-  bytes still counted): shows what the network can do regardless of its rate.
+  bytes still counted): shows what the network can do regardless of its rate;
+- filter: the per-GOP least-squares filter alone (mode "filter", GOP format 7; no network).
 
 Rates are GOP payload bits per pixel (container header and index excluded, the same for all
 three). Quality: PSNR (mean of per-frame), MS-SSIM (SSIM below 161 px), HaarPSI and DSS
@@ -41,7 +42,7 @@ from codec.gop import encode_gop_report
 from codec.metrics import bd_rate, clip_metrics, perceptual_metrics
 from codec.video import iter_gops
 
-VARIANTS = ("plain", "base", "on", "on_lambda0")
+VARIANTS = ("plain", "base", "on", "on_lambda0", "filter")
 
 
 def _db(x: float) -> float:
@@ -116,15 +117,37 @@ def encode_plain(
     return gops
 
 
+def filter_ms_per_frame(h: int, w: int, repeats: int = 3) -> float:
+    """Best-of-``repeats`` milliseconds of the largest per-GOP filter (5x5 over 3 channels) on one
+    h x w frame."""
+    from codec.enhance import gopfilter
+
+    frame = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+    coefs = gopfilter.identity(2)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        gopfilter.apply(frame, coefs, 2)
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000.0
+
+
 def run(
-    clip: Path, frames: int, gop: int, qualities: list[int], preset: str, cache: Path
+    clip: Path,
+    frames: int,
+    gop: int,
+    qualities: list[int],
+    preset: str,
+    cache: Path,
+    variants: tuple[str, ...] = VARIANTS,
 ) -> dict[str, Any]:
+    variants = tuple(v for v in VARIANTS if v in variants or v == "plain")
     points: list[dict[str, Any]] = []
     for q in qualities:
         lam = CodecConfig.preset(preset, q).fit.pframe_rd_lambda  # type: ignore[arg-type]
         gops = encode_plain(clip, frames, gop, q, preset, cache)
-        bytes_v = dict.fromkeys(VARIANTS, 0)
-        outs: dict[str, list[np.ndarray]] = {v: [] for v in VARIANTS}
+        bytes_v = dict.fromkeys(variants, 0)
+        outs: dict[str, list[np.ndarray]] = {v: [] for v in variants}
         encode_s = enhance_s = 0.0
         kinds: list[str] = []
         for g in gops:
@@ -132,13 +155,13 @@ def run(
             plain_bytes = len(g["payload"])  # its enhancer field is the 1-byte "none"
             bytes_v["plain"] += plain_bytes
             outs["plain"].append(g["recon"])
-            for v in ("base", "on", "on_lambda0"):
+            for v in variants[1:]:
                 mode, v_lam = ("on", 0.0) if v == "on_lambda0" else (v, lam)
                 choice = choose_enhancement(g["source"], g["recon"], mode, v_lam)
                 field = len(write_varint(len(choice.record))) + len(choice.record)
                 bytes_v[v] += plain_bytes - 1 + field
                 outs[v].append(choice.enhanced)
-                if v == "on":
+                if v == ("on" if "on" in variants else variants[-1]):
                     enhance_s += choice.seconds
                     kinds.append(choice.kind)
         orig = np.concatenate([g["source"] for g in gops])
@@ -150,7 +173,7 @@ def run(
             "enhance_encode_seconds": round(enhance_s, 1),
             "gop_kinds": kinds,
         }
-        for v in VARIANTS:
+        for v in variants:
             row[v] = {"bpp": bytes_v[v] * 8 / (h * w * n), "bytes": bytes_v[v]}
             row[v].update(_quality(orig, np.concatenate(outs[v])))
         points.append(row)
@@ -167,10 +190,11 @@ def run(
             f"{w}x{h}": round(enhancer_ms_per_frame(h, w), 1),
             "720x528": round(enhancer_ms_per_frame(528, 720), 1),
         },
+        "filter_ms_per_frame_720x528": round(filter_ms_per_frame(528, 720), 1),
         "torch_threads": torch.get_num_threads(),
     }
     metrics = {"psnr_db": lambda x: x, "ms_ssim": _db, "haarpsi": _db}
-    for v in ("base", "on", "on_lambda0"):
+    for v in variants[1:]:
         for name, f in metrics.items():
             try:
                 a = [f(p["plain"][name]) for p in points]
@@ -193,7 +217,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for p in res["points"]:
-        for v in VARIANTS:
+        for v in (v for v in VARIANTS if v in p):
             r = p[v]
             lines.append(
                 f"| {p['quality']} | {v} | {r['bpp']:.4f} | {r['psnr_db']:.2f} | "
@@ -202,6 +226,7 @@ def to_markdown(res: dict[str, Any]) -> str:
     lines += ["", "| BD-rate | value % |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in res["bd_rate"].items()]
     lines += ["", f"enhancer decode ms/frame: {res['enhancer_ms_per_frame']}"]
+    lines += [f"per-GOP filter (5x5x3) ms/frame at 720x528: {res['filter_ms_per_frame_720x528']}"]
     return "\n".join(lines) + "\n"
 
 
@@ -215,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cache", type=Path, default=Path("var/enhance_bench"))
     ap.add_argument("--encode-only", action="store_true", help="fill the encode cache, stop")
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS[1:]),
+        help="enhanced variants to compare with plain (the network ones are slow at 720x528)",
+    )
     args = ap.parse_args(argv)
     qualities = [int(q) for q in args.qualities.split(",")]
     if args.encode_only:
@@ -222,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             encode_plain(args.clip, args.frames, args.gop, q, args.preset, args.cache)
             print(f"q{q} encoded", flush=True)
         return 0
-    res = run(args.clip, args.frames, args.gop, qualities, args.preset, args.cache)
+    variants = tuple(args.variants.split(","))
+    res = run(args.clip, args.frames, args.gop, qualities, args.preset, args.cache, variants)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(res, indent=2))
     (args.out / "results.md").write_text(to_markdown(res))

@@ -24,7 +24,7 @@ BudgetMode = Literal["density", "rd"]
 QuantMode = Literal["ptq", "qat"]
 PresetName = Literal["ultrafast", "fast", "slow"]
 PRESETS: tuple[str, ...] = ("ultrafast", "fast", "slow")  # the speed ladder, fastest first
-EnhanceMode = Literal["off", "base", "on"]
+EnhanceMode = Literal["off", "base", "on", "filter"]
 ENHANCE_MODES = ("off", "base", "on", "filter")
 
 QUALITY_MIN, QUALITY_MAX = 1, 10
@@ -304,8 +304,9 @@ class CodecConfig:
     # else "patch"); reconstruction always uses the decoder's (canonical) renderer
     backend: str = "auto"
     # post-decoding enhancer (codec/enhance): "off"; "base" (the network at a per-GOP strength);
-    # "on" (strength plus the per-GOP modulation where it pays). A post-filter: the Gaussians and
-    # the closed loop are the same either way. ``preset(..., enhance="on")`` turns it on.
+    # "on" (strength plus the per-GOP modulation, and the per-GOP filter, where they pay);
+    # "filter" (the per-GOP least-squares filter alone, GOP format 7: no network, no weights). A
+    # post-filter: the Gaussians and the closed loop are the same either way.
     enhance: EnhanceMode = "off"
     # target-quality mode (codec/target.py): each GOP searches the quality ladder (a continuous
     # quality between the presets' integer levels) for the lowest rate whose quality lands in

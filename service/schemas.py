@@ -113,8 +113,8 @@ class JobOptions(_Strict):
         default=False,
         strict=True,
         description=(
-            "run the enhancer after decoding (codec/enhance: per-GOP strength and modulation, "
-            "kept where they pay); report.json gives quality with and without it"
+            "send the post-decoding enhancer (codec/enhance: a per-GOP least-squares filter, "
+            "kept where it pays); report.json gives quality with and without it"
         ),
     )
     target_psnr: float | None = Field(

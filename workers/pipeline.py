@@ -132,8 +132,9 @@ def codec_config_dict(job: JobSpec, settings: Settings) -> dict[str, Any]:
     from codec.errors import CodecConfigError
 
     try:
-        # "enhance": true runs the enhancer ("on": per-GOP strength and modulation where they pay)
-        enhance = {"enhance": "on"} if job.enhance else {}
+        # "enhance": true runs the enhancer that pays: the per-GOP filter ("filter", GOP format 7;
+        # the network's modes never beat plain decoding, codec/enhance/README.md)
+        enhance = {"enhance": "filter"} if job.enhance else {}
         # a quality target: each GOP searches the ladder from `quality` (codec/target.py)
         target = {"target_psnr": job.target_psnr, "target_msssim": job.target_msssim}
         cfg = CodecConfig.preset(job.preset, job.quality).with_overrides(  # type: ignore[arg-type]

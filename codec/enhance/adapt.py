@@ -203,14 +203,20 @@ def choose_enhancement(
     )
 
 
+FILTER_TRIES = 2  # (shape, step) candidates applied for their true error, best predicted first
+
+
 def best_filter(
     source: np.ndarray, recon: np.ndarray, rd_lambda: float, sse_plain: float
 ) -> tuple[float, bytes, np.ndarray, float]:
     """The per-GOP filter (codec.enhance.gopfilter) with the least ``D + lambda R`` over its shapes
-    and steps, against sending nothing: (cost, record or b"", output uint8 [T, H, W, 3], D)."""
-    best: tuple[float, bytes, np.ndarray, float] = (sse_plain, b"", recon, sse_plain)
+    and steps, against sending nothing: (cost, record or b"", output uint8 [T, H, W, 3], D).
+    Every (shape, step) is ranked by its error predicted from the normal equations; the best
+    FILTER_TRIES are applied, and ``D`` is the error of exactly what the decoder will output."""
+    fitted = gopfilter.Fit(recon, source)
+    ranked: list[tuple[float, bytes, EnhancerRecord]] = []
     for shape in range(len(gopfilter.SHAPES)):
-        coefs = gopfilter.fit(recon, source, shape)
+        coefs = fitted.coefs(shape)
         for step in range(len(gopfilter.STEP_BITS)):
             levels = gopfilter.quantise(coefs, shape, gopfilter.STEP_BITS[step])
             if np.abs(levels).max() > FILTER_MAX or not levels.any():
@@ -225,11 +231,18 @@ def best_filter(
                 filter_levels=tuple(int(v) for v in levels.reshape(-1)),
             )
             data = encode_record(rec)
-            out = gopfilter.apply(recon, rec.filter_coefs(), shape)  # type: ignore[arg-type]
-            d = sse(out, source)
-            cost = d + rd_lambda * _record_bits(data)
-            if cost < best[0]:
-                best = (cost, data, out, d)
+            q_coefs = rec.filter_coefs()
+            assert q_coefs is not None
+            predicted = fitted.sse_levels2(q_coefs, shape) + rd_lambda * _record_bits(data)
+            ranked.append((predicted, data, rec))
+    ranked.sort(key=lambda r: r[0])
+    best: tuple[float, bytes, np.ndarray, float] = (sse_plain, b"", recon, sse_plain)
+    for _, data, rec in ranked[:FILTER_TRIES]:
+        out = gopfilter.apply(recon, rec.filter_coefs(), rec.filter_shape)  # type: ignore[arg-type]
+        d = sse(out, source)
+        cost = d + rd_lambda * _record_bits(data)
+        if cost < best[0]:
+            best = (cost, data, out, d)
     return best
 
 

@@ -68,37 +68,77 @@ def apply(frames_u8: np.ndarray, coefs: np.ndarray, shape: int) -> np.ndarray:
     return out
 
 
-def fit(recon_u8: np.ndarray, source_u8: np.ndarray, shape: int) -> np.ndarray:
-    """float64 [3, n_coefs]: the least-squares filter from ``recon`` to ``source`` (uint8
-    [T, H, W, 3]), from normal equations over at most FIT_MAX_PIXELS evenly spaced pixels."""
+def _feature_index(shape: int, c: int) -> np.ndarray:
+    """int64 [n_coefs(shape)]: where output channel ``c``'s features of ``shape`` sit among the
+    features of the largest shape (5x5 over three channels, then the offset)."""
     k, cross = SHAPES[shape]
-    r = k // 2
-    t_count, h, w, _ = recon_u8.shape
-    stride = max(1, int(np.ceil(np.sqrt(t_count * h * w / FIT_MAX_PIXELS))))
-    n = n_coefs(shape)
-    gram = np.zeros((3, n, n)) if not cross else np.zeros((1, n, n))
-    rhs = np.zeros((3, n))
-    for f in range(t_count):
-        d = np.pad(recon_u8[f].astype(np.float64) / 255.0, ((r, r), (r, r), (0, 0)), mode="edge")
-        s = source_u8[f, ::stride, ::stride].astype(np.float64) / 255.0  # [h', w', 3]
-        win = [d[dy : dy + h : stride, dx : dx + w : stride] for dy in range(k) for dx in range(k)]
-        taps = np.stack(win, axis=2)  # [h', w', k*k, 3]
-        ones = np.ones(taps.shape[:2] + (1,))
+    big = SHAPES[-1][0]
+    off = (big - k) // 2
+    idx = [
+        ((dy + off) * big + dx + off) * 3 + ch
+        for dy in range(k)
+        for dx in range(k)
+        for ch in (range(3) if cross else [c])
+    ]
+    return np.asarray([*idx, big * big * 3])
+
+
+class Fit:
+    """Least squares of every shape at once: the normal equations of the largest shape (its
+    features contain every smaller shape's), over at most FIT_MAX_PIXELS evenly spaced pixels of
+    ``recon``/``source`` (uint8 [T, H, W, 3])."""
+
+    def __init__(self, recon_u8: np.ndarray, source_u8: np.ndarray) -> None:
+        k = SHAPES[-1][0]
+        r = k // 2
+        t_count, h, w, _ = recon_u8.shape
+        stride = max(1, int(np.ceil(np.sqrt(t_count * h * w / FIT_MAX_PIXELS))))
+        n = k * k * 3 + 1
+        self.gram = np.zeros((n, n))  # X^T X
+        self.rhs = np.zeros((3, n))  # X^T y_c
+        self.yy = np.zeros(3)  # y_c^T y_c
+        self.n_px = 0
+        for f in range(t_count):
+            d = torch.from_numpy(np.ascontiguousarray(recon_u8[f])).permute(2, 0, 1)[None]
+            d = F.pad(d.double() / 255.0, (r, r, r, r), mode="replicate")
+            cols = F.unfold(d, k, stride=stride)[0]  # [3 * k*k, L], channel-major
+            cols = cols.reshape(3, k * k, -1).transpose(0, 1).reshape(3 * k * k, -1)
+            x = torch.cat([cols, torch.ones(1, cols.shape[1], dtype=cols.dtype)]).T  # [L, n]
+            src = source_u8[f, ::stride, ::stride].astype(np.float64) / 255.0
+            y = torch.from_numpy(src.reshape(-1, 3))  # [L, 3], row-major like unfold's positions
+            self.gram += (x.T @ x).numpy()
+            self.rhs += (x.T @ y).numpy().T
+            self.yy += (y * y).sum(dim=0).numpy()
+            self.n_px += int(y.shape[0])
+        self.scale = t_count * h * w / max(self.n_px, 1)  # sampled pixels -> all pixels
+
+    def coefs(self, shape: int) -> np.ndarray:
+        """float64 [3, n_coefs(shape)]: the least-squares filter of ``shape``."""
+        n = n_coefs(shape)
+        out = np.empty((3, n))
         for c in range(3):
-            cols = taps.reshape(*taps.shape[:2], -1) if cross else taps[:, :, :, c]
-            x = np.concatenate([cols, ones], axis=2).reshape(-1, n)
-            if cross:
-                if c == 0:
-                    gram[0] += x.T @ x
-            else:
-                gram[c] += x.T @ x
-            rhs[c] += x.T @ s[:, :, c].reshape(-1)
-    out = np.empty((3, n))
-    ridge = 1e-6 * np.eye(n)  # flat GOPs make the equations singular
-    for c in range(3):
-        g = gram[0 if cross else c]
-        out[c] = np.linalg.solve(g + ridge * max(float(np.trace(g)) / n, 1e-12), rhs[c])
-    return out
+            idx = _feature_index(shape, c)
+            g = self.gram[np.ix_(idx, idx)]
+            ridge = 1e-6 * max(float(np.trace(g)) / n, 1e-12) * np.eye(n)  # flat GOPs: singular
+            out[c] = np.linalg.solve(g + ridge, self.rhs[c, idx])
+        return out
+
+    def sse_levels2(self, coefs: np.ndarray, shape: int) -> float:
+        """Predicted squared error of ``coefs`` over the whole GOP in 8-bit levels^2 (before the
+        output's clamping and rounding, from the sampled normal equations)."""
+        total = 0.0
+        for c in range(3):
+            idx = _feature_index(shape, c)
+            w = coefs[c]
+            g = self.gram[np.ix_(idx, idx)]
+            total += float(w @ g @ w - 2.0 * w @ self.rhs[c, idx] + self.yy[c])
+        return max(total, 0.0) * self.scale * 255.0**2
+
+
+def fit(recon_u8: np.ndarray, source_u8: np.ndarray, shape: int) -> np.ndarray:
+    """float64 [3, n_coefs]: the least-squares filter of ``shape`` from ``recon`` to ``source``
+    (uint8 [T, H, W, 3]); see :class:`Fit` for several shapes at once."""
+    return Fit(recon_u8, source_u8).coefs(shape)
 
 
 def quantise(coefs: np.ndarray, shape: int, step_bits: int) -> np.ndarray:

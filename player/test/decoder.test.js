@@ -164,8 +164,8 @@ test("a GOP with header flags this decoder does not know is refused", () => {
   assert.throws(() => new GopDecoder(payload), /flags 0x03 use features this decoder does not know/);
 });
 
-test("a format-6 GOP (enhancer field) plays as its Gaussian frames; a bad field is refused", () => {
-  const v5 = new GsvFile(load("encoded_canonical").gsv).readGop(0).slice();
+test("a format-6 or -7 GOP (enhancer field) plays as its Gaussian frames; a bad field is refused", () => {
+  const v5 = new GsvFile(load("gop_v5").gsv).readGop(0).slice();
   const frames = (payload) => {
     const dec = new GopDecoder(payload);
     const out = [];
@@ -173,18 +173,22 @@ test("a format-6 GOP (enhancer field) plays as its Gaussian frames; a bad field 
     return out;
   };
   const want = frames(v5);
-  const v6 = (tail) => {
-    const p = new Uint8Array(v5.length + tail.length);
-    p.set(v5);
-    p.set(tail, v5.length);
-    p[4] = 6;
-    return p;
-  };
-  assert.deepEqual(frames(v6([0])), want); // no enhancer record
-  assert.deepEqual(frames(v6([4, 0x12, 0x34, 0x80, 0x00])), want); // a 4-byte record, skipped
-  assert.throws(() => new GopDecoder(v6([])), /enhancer field missing/);
-  assert.throws(() => new GopDecoder(v6([5, 1, 2])), /enhancer record claims 5 bytes/);
-  assert.throws(() => new GopDecoder(v6([0, 9])), /unexpected bytes/);
+  for (const version of [6, 7]) {
+    const v6 = (tail) => {
+      const p = new Uint8Array(v5.length + tail.length);
+      p.set(v5);
+      p.set(tail, v5.length);
+      p[4] = version;
+      return p;
+    };
+    assert.deepEqual(frames(v6([0])), want); // no enhancer record
+    assert.deepEqual(frames(v6([4, 0x12, 0x34, 0x80, 0x00])), want); // a 4-byte record, skipped
+    // format 7: a filter-only record (flag bits 3-4) is skipped the same way
+    assert.deepEqual(frames(v6([8, 0, 0, 0, 0x18, 0x0a, 0x10, 0x01, 0x00])), want);
+    assert.throws(() => new GopDecoder(v6([])), /enhancer field missing/);
+    assert.throws(() => new GopDecoder(v6([5, 1, 2])), /enhancer record claims 5 bytes/);
+    assert.throws(() => new GopDecoder(v6([0, 9])), /unexpected bytes/);
+  }
 });
 
 test("a file that is not a .gsv says so", () => {

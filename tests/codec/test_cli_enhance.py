@@ -44,9 +44,9 @@ def test_encode_enhance_json_counts_the_records_and_measures_the_file(
     # lambda 0: a record is kept wherever it lowers the error at all
     s = _encode(clip, gsv, tmp_path / "on.json", "--enhance", "--set", "fit__pframe_rd_lambda=0")
     out = capsys.readouterr().out
-    assert "enhancer (on):" in out and "quality of the written file:" in out
-    assert s["enhance"] == "on"
-    assert ContainerReader(gsv).header.codec_params["overrides"]["enhance"] == "on"
+    assert "enhancer (filter):" in out and "quality of the written file:" in out
+    assert s["enhance"] == "filter"
+    assert ContainerReader(gsv).header.codec_params["overrides"]["enhance"] == "filter"
     records = [len(unpack_gop_enhanced(ContainerReader(gsv).read_gop(i))[2]) for i in range(2)]
     assert s["enhancer_bytes_per_gop"] == records and s["enhancer_bytes"] == sum(records)
     assert s["enhancer_share_of_bytes"] == pytest.approx(sum(records) / gsv.stat().st_size)

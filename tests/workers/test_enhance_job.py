@@ -42,7 +42,7 @@ def test_the_job_flag_turns_the_enhancer_on() -> None:
         enhance=True,
     )
     on = CodecConfig.from_dict(codec_config_dict(spec, Settings()))
-    assert on.enhance == "on"
+    assert on.enhance == "filter"
     off = CodecConfig.from_dict(
         codec_config_dict(JobSpec(**{**spec.__dict__, "enhance": False}), Settings())
     )
@@ -132,9 +132,9 @@ def test_enhance_job_runs_end_to_end(ray_local: str, worker_env: WorkerEnv) -> N
     job = worker_env.job(job_id)
     assert job.status.value == "succeeded", (job.error_code, job.error_message)
     report = job.report
-    assert report["config"]["overrides"]["enhance"] == "on"
+    assert report["config"]["overrides"]["enhance"] == "filter"
     enh = report["enhance"]
-    assert enh["requested"] == "on" and 0 <= enh["gops_enhanced"] <= 2
+    assert enh["requested"] == "filter" and 0 <= enh["gops_enhanced"] <= 2
     assert enh["enhancer_bytes"] >= 0 and 0 <= enh["enhancer_share_of_bytes"] < 1
     if enh["gops_enhanced"] == 0:  # nothing paid: the delivered output is the raw one
         assert enh["plain"]["psnr_db"] == pytest.approx(report["psnr_db"])
