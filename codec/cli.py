@@ -660,7 +660,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
             what = g.get("kinds") or f"DAMAGED: {g['damaged']}"
             enh = g.get("enhancer")
             if enh:
-                what += f", enhancer {g['enhancer_bytes']} B ({enh['kind']}, t {enh['t']:.3f})"
+                strength = "" if enh["kind"] == "filter" else f", t {enh['t']:.3f}"
+                what += f", enhancer {g['enhancer_bytes']} B ({enh['kind']}{strength})"
             print(
                 f"  GOP {g['index']:4d}: frames {g['first_frame']}..{last}, "
                 f"{g['bytes']} bytes at {g['offset']}: {what}"

@@ -70,6 +70,7 @@ def test_encode_enhance_json_counts_the_records_and_measures_the_file(
     info = json.loads(capsys.readouterr().out)
     assert info["enhancer_bytes"] == sum(records)
     assert [g["enhancer_bytes"] for g in info["gops"]] == records
+    assert all(g["enhancer"]["kind"] == "filter" for g in info["gops"] if g["enhancer_bytes"])
 
 
 def test_no_enhance_is_the_preset_default_and_costs_no_record(
