@@ -84,8 +84,15 @@ def run_network(
 
 def sse(a_u8: np.ndarray, b_u8: np.ndarray) -> float:
     """Squared error in 8-bit levels^2 summed over every pixel and channel."""
-    d = a_u8.astype(np.float64) - b_u8.astype(np.float64)
-    return float(np.sum(d * d))
+    if a_u8.shape != b_u8.shape:
+        raise ValueError(f"sse: shapes {a_u8.shape} and {b_u8.shape} differ")
+    frames_a = a_u8 if a_u8.ndim == 4 else a_u8[None]
+    frames_b = b_u8 if b_u8.ndim == 4 else b_u8[None]
+    total = 0
+    for a, b in zip(frames_a, frames_b, strict=True):  # a frame at a time: bounded memory
+        d = a.astype(np.int32) - b.astype(np.int32)
+        total += int(np.dot(d.ravel().astype(np.int64), d.ravel().astype(np.int64)))
+    return float(total)
 
 
 def _record_bits(record: bytes) -> float:

@@ -74,8 +74,9 @@ def _feature_index(shape: int, c: int) -> np.ndarray:
     k, cross = SHAPES[shape]
     big = SHAPES[-1][0]
     off = (big - k) // 2
+    # Fit's features are in unfold's order: channel-major, then the big window's taps
     idx = [
-        ((dy + off) * big + dx + off) * 3 + ch
+        ch * big * big + (dy + off) * big + dx + off
         for dy in range(k)
         for dx in range(k)
         for ch in (range(3) if cross else [c])
@@ -98,16 +99,25 @@ class Fit:
         self.rhs = np.zeros((3, n))  # X^T y_c
         self.yy = np.zeros(3)  # y_c^T y_c
         self.n_px = 0
+        m = n - 1
         for f in range(t_count):
             d = torch.from_numpy(np.ascontiguousarray(recon_u8[f])).permute(2, 0, 1)[None]
             d = F.pad(d.double() / 255.0, (r, r, r, r), mode="replicate")
-            cols = F.unfold(d, k, stride=stride)[0]  # [3 * k*k, L], channel-major
-            cols = cols.reshape(3, k * k, -1).transpose(0, 1).reshape(3 * k * k, -1)
-            x = torch.cat([cols, torch.ones(1, cols.shape[1], dtype=cols.dtype)]).T  # [L, n]
-            src = source_u8[f, ::stride, ::stride].astype(np.float64) / 255.0
+            # the sampling phase moves from frame to frame (all stride^2 phases over a long GOP),
+            # so a fixed grid of the source (8x8 DCT blocks, 2x upscaling) cannot bias the fit
+            phase = f % (stride * stride)
+            oy, ox = phase // stride, phase % stride
+            d = d[:, :, oy:, ox:]
+            cols = F.unfold(d, k, stride=stride)[0]  # [3 * k*k, L]: channel-major, then taps
+            src = source_u8[f, oy::stride, ox::stride].astype(np.float64) / 255.0
             y = torch.from_numpy(src.reshape(-1, 3))  # [L, 3], row-major like unfold's positions
-            self.gram += (x.T @ x).numpy()
-            self.rhs += (x.T @ y).numpy().T
+            s1 = cols.sum(dim=1)
+            self.gram[:m, :m] += (cols @ cols.T).numpy()  # the offset's row and column: sums
+            self.gram[:m, m] += s1.numpy()
+            self.gram[m, :m] += s1.numpy()
+            self.gram[m, m] += cols.shape[1]
+            self.rhs[:, :m] += (cols @ y).numpy().T
+            self.rhs[:, m] += y.sum(dim=0).numpy()
             self.yy += (y * y).sum(dim=0).numpy()
             self.n_px += int(y.shape[0])
         self.scale = t_count * h * w / max(self.n_px, 1)  # sampled pixels -> all pixels
