@@ -773,7 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
         const="filter",
         default=None,
         help="send the post-decoding enhancer in each GOP where D + lambda R says it pays: a "
-        "per-GOP least-squares filter (GOP format 7; about -4%% BD-rate on long GOPs). "
+        "per-GOP least-squares filter (GOP format 7; -1 to -4.5%% BD-rate on 30-frame GOPs). "
         "--set enhance=on also tries the restoration network, enhance=base its strength alone "
         "(neither has beaten plain decoding, codec/enhance/README.md). Default: the preset's "
         "setting, off in every preset",
