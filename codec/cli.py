@@ -694,6 +694,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         classic=not args.no_classic,
         baseline=not args.no_baseline,
         iframe_iters=args.iters,
+        enhance=args.enhance,
     )
     return 0
 
@@ -848,6 +849,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ben.add_argument("--no-classic", action="store_true")
     ben.add_argument("--no-baseline", action="store_true")
+    ben.add_argument(
+        "--enhance",
+        action="store_true",
+        help="encode with the per-GOP enhancer filter and report splatpack+enhance beside plain "
+        "splatpack (the same files without the records), with its BD-rate against plain",
+    )
     ben.set_defaults(func=_cmd_bench)
     return parser
 

@@ -206,3 +206,34 @@ def test_enhance_flag_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str
         main(["encode", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "off in every preset" in help_text
+
+
+def test_bench_enhance_puts_the_enhanced_curve_beside_plain(clip: Path, tmp_path: Path) -> None:
+    """``splatpack bench --enhance``: one encode per level gives both curves; the plain one is
+    the same files without their enhancer records."""
+    out = tmp_path / "bench"
+    argv = ["bench", str(clip), "--frames", "4", "--gop", "4", "--qualities", "1,2,3,4"]
+    argv += ["--no-classic", "--no-baseline", "--iters", "40", "--out", str(out)]
+    assert main([*argv, "--enhance"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    by = {
+        c: [p for p in doc["points"] if p["codec"] == c] for c in ("splatpack", "splatpack+enhance")
+    }
+    assert [p["setting"] for p in by["splatpack"]] == [
+        p["setting"] for p in by["splatpack+enhance"]
+    ]
+    for plain, enh in zip(by["splatpack"], by["splatpack+enhance"], strict=True):
+        extra = enh["extra"]["enhancer_bytes"]
+        assert enh["extra"]["bytes"] == plain["extra"]["bytes"] + extra
+        if extra:  # kept only where D + lambda R paid: the error fell
+            assert enh["psnr_db"] >= plain["psnr_db"]
+        else:
+            assert enh["psnr_db"] == plain["psnr_db"]
+    assert set(doc["extra"]["enhance_bd_rate"]) == {"psnr_db", "ms_ssim_db"}
+    assert main([*argv, "--out", str(tmp_path / "plain")]) == 0  # without --enhance: one curve
+    plain_doc = json.loads((tmp_path / "plain" / "results.json").read_text())
+    assert {p["codec"] for p in plain_doc["points"]} == {"splatpack"}
+    # the same Gaussians; the files differ only by the header's note of the enhance setting
+    for a, b in zip(plain_doc["points"], by["splatpack"], strict=True):
+        assert a["psnr_db"] == b["psnr_db"]
+        assert abs(a["extra"]["bytes"] - b["extra"]["bytes"]) <= 32
