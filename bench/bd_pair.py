@@ -15,9 +15,7 @@ range, whatever the levels.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from encode_pair import _encode_help, _run  # noqa: E402
+from encode_pair import _encode_help, _run, write_record  # noqa: E402
 
 from codec.metrics import bd_rate  # noqa: E402
 
@@ -88,15 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                 f" ({s['process_cpu_ratio_anchor_over_this']:.1f}x less)"
             )
         summary[t] = s
-    record = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "load_average": os.getloadavg(),
-        "runs": {t: {str(q): r for q, r in rs.items()} for t, rs in runs.items()},
-        "summary": summary,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
+    write_record(
+        args.out, {t: {str(q): r for q, r in rs.items()} for t, rs in runs.items()}, summary
+    )
     return 0
 
 

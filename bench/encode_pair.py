@@ -120,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
             ratios[k] = b / a if a and b else None
         summary[t]["times_slower_than_first"] = ratios
         print(f"{t} / {base}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items() if v))
+    write_record(args.out, runs, summary)
+    return 0
+
+
+def write_record(out: Path, runs: Any, summary: dict[str, Any]) -> None:
+    """The JSON of a paired run: command, machine, load, every run and the summary."""
     record = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
@@ -127,9 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "summary": summary,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
-    return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

@@ -142,6 +142,7 @@ def run(
     variants: tuple[str, ...] = VARIANTS,
 ) -> dict[str, Any]:
     variants = tuple(v for v in VARIANTS if v in variants or v == "plain")
+    timed = "on" if "on" in variants else variants[-1]
     points: list[dict[str, Any]] = []
     for q in qualities:
         lam = CodecConfig.preset(preset, q).fit.pframe_rd_lambda  # type: ignore[arg-type]
@@ -161,7 +162,7 @@ def run(
                 field = len(write_varint(len(choice.record))) + len(choice.record)
                 bytes_v[v] += plain_bytes - 1 + field
                 outs[v].append(choice.enhanced)
-                if v == ("on" if "on" in variants else variants[-1]):
+                if v == timed:  # the encoder's own choice: "on", else the variant asked for
                     enhance_s += choice.seconds
                     kinds.append(choice.kind)
         orig = np.concatenate([g["source"] for g in gops])

@@ -2,9 +2,10 @@
 counted? (issue 9: the one content-adaptive lever bench/enhance_headroom.py found)
 
 Per clip segment and quality level: one `fast` GOP; then, on that GOP's own decoded and source
-frames, a least-squares filter per output channel (3x3 or 5x5 taps over that channel, or 5x5 over
-all three channels, plus an offset), coefficients quantised at a step of 1/2**k (k = 6..10), the
-integer levels costed as signed Exp-Golomb codes (an upper bound for an adaptive coder). The
+frames, the codec's least-squares filter (codec.enhance.gopfilter: 3x3 or 5x5 taps over the
+output's channel, or 5x5 over all three channels, plus an offset), quantised around the identity
+at each of its steps, the integer levels costed as signed Exp-Golomb codes (an upper bound for
+the record's range coder). Every candidate is applied (the codec ranks them by predicted error). The
 encoder's rule picks among "no filter" and every (shape, step) the least ``SSE + lambda * bits``
 with the level's own P-frame lambda (SSE in 8-bit levels^2, bits = coefficients + a 1-byte
 header). Prints per level the plain and filtered rate and PSNR, and the BD-rate (PSNR) of the
@@ -28,15 +29,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from enhance_headroom import _filtered, _fit  # noqa: E402
 from ladder_sweep import load_segment  # noqa: E402
 
 from codec.config import CodecConfig  # noqa: E402
+from codec.enhance import gopfilter  # noqa: E402
+from codec.enhance.adapt import sse  # noqa: E402
 from codec.gop import encode_gop_report  # noqa: E402
 from codec.metrics import bd_rate, psnr_db  # noqa: E402
-
-SHAPES = ((3, False), (5, False), (5, True))
-STEP_BITS = (6, 7, 8, 9, 10)
 
 
 def _eg_bits(levels: np.ndarray) -> float:
@@ -67,24 +66,18 @@ def main(argv: list[str] | None = None) -> int:
         lam = cfg.fit.pframe_rd_lambda
         res = encode_gop_report(frames, cfg)
         recon = res.recon
-        sse0 = float(np.sum((recon.astype(np.float64) - frames) ** 2))
+        sse0 = sse(recon, frames)
         best: tuple[float, str, float, np.ndarray] = (sse0, "none", 0.0, recon)
-        for k, cross in SHAPES:
-            raw = _fit(recon, frames, k, cross, None)
-            for sb in STEP_BITS:
-                step = 1.0 / (1 << sb)
-                lv = [np.round(c / step).astype(np.int64) for c in raw]
-                coefs = [v * step for v in lv]
-                out = _filtered(recon, coefs, k, cross)
-                sse = float(np.sum((out - frames) ** 2))
-                bits = 8.0 + sum(_eg_bits(v) for v in lv)
-                if sse + lam * bits < best[0] + lam * best[2]:
-                    best = (
-                        sse,
-                        f"{k}x{k}{'x3' if cross else ''}/2^{sb}",
-                        bits,
-                        out.astype(np.uint8),
-                    )
+        fitted = gopfilter.Fit(recon, frames)
+        for shape, (k, cross) in enumerate(gopfilter.SHAPES):
+            raw = fitted.coefs(shape)
+            for sb in gopfilter.STEP_BITS:
+                lv = gopfilter.quantise(raw, shape, sb)
+                out = gopfilter.apply(recon, gopfilter.dequantise(lv, shape, sb), shape)
+                d = sse(out, frames)
+                bits = 8.0 + _eg_bits(lv)
+                if d + lam * bits < best[0] + lam * best[2]:
+                    best = (d, f"{k}x{k}{'x3' if cross else ''}/2^{sb}", bits, out)
         _, kind, bits, out = best
         row = {
             "q": q,

@@ -8,14 +8,15 @@ settings (not the 150-iteration shortcut of the shipped training pairs):
    each coded as a 2-frame GOP (the crop, then the crop moved 3 px) at ``--qualities``; images
    are split into a training and a held-out set by name;
 2. **global linear**: one least-squares 5x5 filter (per output channel, over the three input
-   channels, plus an offset) fitted on all training pairs of a quality, scored on the held-out
-   pairs: the best any fixed linear post-filter can do;
+   channels, plus an offset; codec.enhance.gopfilter) fitted on all training pairs of a
+   quality, scored on the held-out pairs: the best any fixed linear post-filter can do;
 3. **network** (``--cnn-steps`` > 0): the shipped architecture (``codec.enhance.model``) trained
    by ``codec.enhance.train.train`` on the training pairs, scored on both sets (base network,
    t from each frame's PSNR, no modulation, no side information);
 4. **per-GOP linear**: 20-frame pans over six large bundled images coded as one GOP, and a
    least-squares 3x3 / 5x5 / 5x5x3-channel filter fitted on that GOP itself (what an encoder
-   could send; coefficients quantised to 1/512; their cost is *not* counted here).
+   could send; coefficients quantised to 1/512 around the identity; their cost is *not*
+   counted here: bench/enhance_gop_filter.py counts it).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/enhance_headroom.py --out bench/results/enhance_headroom.json
 """
@@ -37,11 +38,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from codec.config import CodecConfig  # noqa: E402
+from codec.enhance import gopfilter  # noqa: E402
 from codec.enhance.data import PairSet, _rgb_u8, source_images  # noqa: E402
 from codec.gop import encode_gop_report  # noqa: E402
 
 EXTRA_GREY = ("coins", "moon", "page", "text", "cell", "clock", "colorwheel")  # also bundled
 HELD_OUT = ("skimage.data.astronaut", "skimage.data.coffee", "skimage.data.grass", "clock")
+CROSS_5X5 = 2  # gopfilter.SHAPES index of the 5x5 filter over all three channels
 PANS = ("hubble_deep_field", "retina", "astronaut", "rocket", "stereo_motorcycle", "coffee")
 
 
@@ -87,34 +90,15 @@ def make_pairs(crop: int, per: int, qualities: list[int]) -> tuple[PairSet, np.n
     return pairs, np.asarray(names)
 
 
-def _design(dec_u8: np.ndarray, k: int, cross: bool, ch: int) -> np.ndarray:
-    """float64 [N*H*W, taps+1]: the k x k neighbourhoods (edge-padded) of channel ``ch`` (or of all
-    three with ``cross``) of uint8 frames [N, H, W, 3], plus a constant column."""
-    r = k // 2
-    d = dec_u8.astype(np.float64) / 255.0
-    n, h, w, _ = d.shape
-    dp = np.pad(d, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
-    chans = range(3) if cross else [ch]
-    cols = [dp[:, i : i + h, j : j + w, c] for i in range(k) for j in range(k) for c in chans]
-    return np.stack([*cols, np.ones_like(cols[0])], -1).reshape(-1, len(cols) + 1)
-
-
-def _filtered(dec_u8: np.ndarray, coefs: list[np.ndarray], k: int, cross: bool) -> np.ndarray:
-    out = np.empty(dec_u8.shape, dtype=np.float64)
-    for ch in range(3):
-        out[..., ch] = (_design(dec_u8, k, cross, ch) @ coefs[ch]).reshape(dec_u8.shape[:3])
-    return np.round(np.clip(out, 0.0, 1.0) * 255.0)
-
-
-def _fit(
-    dec_u8: np.ndarray, src_u8: np.ndarray, k: int, cross: bool, step: float | None
-) -> list[np.ndarray]:
-    coefs = []
-    for ch in range(3):
-        y = src_u8[..., ch].reshape(-1).astype(np.float64) / 255.0
-        c, *_ = np.linalg.lstsq(_design(dec_u8, k, cross, ch), y, rcond=None)
-        coefs.append(np.round(c / step) * step if step else c)
-    return coefs
+def _fitted(
+    dec_u8: np.ndarray, src_u8: np.ndarray, shape: int, step_bits: int | None
+) -> np.ndarray:
+    """The least-squares filter of ``shape`` (codec.enhance.gopfilter), quantised at 2**-step_bits
+    around the identity when ``step_bits`` is given."""
+    coefs = gopfilter.Fit(dec_u8, src_u8).coefs(shape)
+    if step_bits is None:
+        return coefs
+    return gopfilter.dequantise(gopfilter.quantise(coefs, shape, step_bits), shape, step_bits)
 
 
 def _gain_db(dec_u8: np.ndarray, src_u8: np.ndarray, out: np.ndarray) -> float:
@@ -144,12 +128,16 @@ def main(argv: list[str] | None = None) -> int:
 
     for q in quals:
         tr, ho = (~hold) & (pairs.quality == q), hold & (pairs.quality == q)
-        coefs = _fit(pairs.decoded[tr], pairs.source[tr], 5, True, None)
+        coefs = _fitted(pairs.decoded[tr], pairs.source[tr], CROSS_5X5, None)
         g_tr = _gain_db(
-            pairs.decoded[tr], pairs.source[tr], _filtered(pairs.decoded[tr], coefs, 5, True)
+            pairs.decoded[tr],
+            pairs.source[tr],
+            gopfilter.apply(pairs.decoded[tr], coefs, CROSS_5X5),
         )
         g_ho = _gain_db(
-            pairs.decoded[ho], pairs.source[ho], _filtered(pairs.decoded[ho], coefs, 5, True)
+            pairs.decoded[ho],
+            pairs.source[ho],
+            gopfilter.apply(pairs.decoded[ho], coefs, CROSS_5X5),
         )
         result["global_linear"][q] = {"train_db": g_tr, "held_out_db": g_ho}
         print(
@@ -205,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
             seq, CodecConfig.preset("fast", args.pan_quality, gop=len(seq), seed=0)
         )
         pan: dict[str, float] = {"payload_bytes": len(enc.payload)}
-        for k, cross in ((3, False), (5, False), (5, True)):
-            coefs = _fit(enc.recon, seq, k, cross, 1.0 / 512)
+        for shape, (k, cross) in enumerate(gopfilter.SHAPES):
+            coefs = _fitted(enc.recon, seq, shape, 9)
             pan[f"{k}x{k}{'x3' if cross else ''}_db"] = _gain_db(
-                enc.recon, seq, _filtered(enc.recon, coefs, k, cross)
+                enc.recon, seq, gopfilter.apply(enc.recon, coefs, shape)
             )
         result["per_gop_linear"][name] = pan
         print(

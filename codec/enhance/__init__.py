@@ -7,16 +7,21 @@ beside this file for the network, the training command and the weights' hash.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import numpy as np
 
 from codec.config import CodecConfig
-from codec.enhance.adapt import EnhanceChoice, apply_parsed, apply_record, choose_enhancement
+from codec.enhance.adapt import (
+    EnhanceChoice,
+    apply_parsed,
+    apply_record,
+    choose_enhancement,
+    network_for,
+)
 from codec.enhance.model import N_MOD
 from codec.enhance.record import FILTER_MIN_FORMAT, decode_record
-from codec.enhance.weights import EnhancerWeightsError, load_enhancer, model_tag
+from codec.enhance.weights import EnhancerWeightsError, load_enhancer
 
 __all__ = [
     "EnhanceChoice",
@@ -57,13 +62,8 @@ def frame_enhancer(
     rec = decode_record(record, N_MOD, fmt)
     net, tag = None, None
     if rec.run_network:
-        net, sha = load_enhancer()
-        tag = model_tag(sha)
-        if rec.model_tag != tag:
-            warnings.warn(
-                f"this GOP's enhancer record was made with other enhancer weights (tag "
-                f"{rec.model_tag:04x}, these are {tag:04x}); showing the frames un-enhanced",
-                stacklevel=2,
-            )
+        loaded = network_for(rec)  # once per GOP: loads the weights, warns on other weights
+        if loaded is None:
             return lambda frame: frame
+        net, tag = loaded
     return lambda frame: apply_parsed(rec, frame[None], net, tag)[0]

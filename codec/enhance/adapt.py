@@ -253,29 +253,41 @@ def best_filter(
     return best
 
 
+def network_for(
+    rec: EnhancerRecord, net: EnhanceNet | None = None, tag: int | None = None
+) -> tuple[EnhanceNet, int] | None:
+    """(network, its model tag) to run for ``rec``, loading the shipped weights when ``net`` is
+    None; None, with a warning, when the record was made with other weights (tag mismatch).
+    Raises EnhancerWeightsError on missing weights."""
+    if net is None or tag is None:
+        net, sha = load_enhancer()
+        tag = model_tag(sha)
+    if rec.model_tag != tag:
+        warnings.warn(
+            f"this GOP's enhancer record was made with other enhancer weights (tag "
+            f"{rec.model_tag:04x}, these are {tag:04x}); showing the frames un-enhanced",
+            stacklevel=3,
+        )
+        return None
+    return net, tag
+
+
 def apply_parsed(
     rec: EnhancerRecord,
     recon: np.ndarray,
     net: EnhanceNet | None = None,
     tag: int | None = None,
 ) -> np.ndarray:
-    """uint8 [T, H, W, 3] ``recon`` enhanced as the parsed record says: the network (loading the
-    shipped weights when ``net`` is None) unless the record skips it, then its filter if any. A
-    record made with other weights (model tag mismatch) leaves the frames as decoded, with a
-    warning. Raises EnhancerWeightsError on missing weights (only records that run the network)."""
+    """uint8 [T, H, W, 3] ``recon`` enhanced as the parsed record says: the network
+    (:func:`network_for`) unless the record skips it, then its filter if any. A record made with
+    other weights leaves the frames as decoded. Raises EnhancerWeightsError on missing weights
+    (only records that run the network)."""
     out = recon
     if rec.run_network:
-        if net is None or tag is None:
-            net, sha = load_enhancer()
-            tag = model_tag(sha)
-        if rec.model_tag != tag:
-            warnings.warn(
-                f"this GOP's enhancer record was made with other enhancer weights (tag "
-                f"{rec.model_tag:04x}, these are {tag:04x}); showing the frames un-enhanced",
-                stacklevel=2,
-            )
+        loaded = network_for(rec, net, tag)
+        if loaded is None:
             return recon
-        out = run_network(net, recon, rec.t, rec.modulation())
+        out = run_network(loaded[0], recon, rec.t, rec.modulation())
     coefs = rec.filter_coefs()
     if coefs is not None:
         out = gopfilter.apply(out, coefs, rec.filter_shape)

@@ -145,12 +145,6 @@ class Fit:
         return max(total, 0.0) * self.scale * 255.0**2
 
 
-def fit(recon_u8: np.ndarray, source_u8: np.ndarray, shape: int) -> np.ndarray:
-    """float64 [3, n_coefs]: the least-squares filter of ``shape`` from ``recon`` to ``source``
-    (uint8 [T, H, W, 3]); see :class:`Fit` for several shapes at once."""
-    return Fit(recon_u8, source_u8).coefs(shape)
-
-
 def quantise(coefs: np.ndarray, shape: int, step_bits: int) -> np.ndarray:
     """int64 [3, n_coefs]: levels of ``(coefs - identity) * 2**step_bits``."""
     return np.round((coefs - identity(shape)) * (1 << step_bits)).astype(np.int64)

@@ -250,7 +250,7 @@ def test_gop_filter_fits_restores_and_is_identity_at_zero() -> None:
     dec_u8 = np.clip(blurred, 0, 255).astype(np.uint8)  # a soft "decoded" picture
     for shape in range(len(gopfilter.SHAPES)):
         assert np.array_equal(gopfilter.apply(dec_u8, gopfilter.identity(shape), shape), dec_u8)
-        coefs = gopfilter.fit(dec_u8, src_u8, shape)
+        coefs = gopfilter.Fit(dec_u8, src_u8).coefs(shape)
         out = gopfilter.apply(dec_u8, coefs, shape)
         err = lambda a: float(((a.astype(float) - src_u8) ** 2).mean())  # noqa: E731
         assert err(out) < 0.7 * err(dec_u8)  # the filter sharpens the blur back
