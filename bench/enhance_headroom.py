@@ -103,7 +103,7 @@ def _fitted(
 
 def _gain_db(dec_u8: np.ndarray, src_u8: np.ndarray, out: np.ndarray) -> float:
     e0 = float(((dec_u8.astype(np.float64) - src_u8) ** 2).mean())
-    e1 = float(((out - src_u8) ** 2).mean())
+    e1 = float(((out.astype(np.float64) - src_u8) ** 2).mean())
     return 10.0 * math.log10(e0 / e1)
 
 
